@@ -1,0 +1,40 @@
+"""What Allocate and GetPreferredAllocation answer (SPEC §5). Pure: no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from spookd.config.model import Device
+from spookd.naming import env_prefix
+
+
+def container_env(resource_name: str, devices: Sequence[Device]) -> dict[str, str]:
+    """The environment for a container given ``devices`` of one resource.
+
+    Devices are numbered in instance-ID order; device 0 also gets the short names
+    without ``_DEV0``.
+    """
+    prefix = env_prefix(resource_name)
+    env: dict[str, str] = {f"{prefix}_NUM_DEVICES": str(len(devices))}
+    for index, device in enumerate(sorted(devices, key=lambda d: d.instance_id)):
+        values = {"ID": device.instance_id, "TYPE": resource_name, **device.env_dict()}
+        for key, value in values.items():
+            env[f"{prefix}_DEV{index}_{key}"] = value
+            if index == 0:
+                env[f"{prefix}_{key}"] = value
+    return env
+
+
+def preferred_allocation(
+    available: Iterable[str], must_include: Iterable[str], size: int
+) -> list[str]:
+    """``must_include`` first, then the lowest-sorted other available IDs, up to ``size``."""
+    chosen = list(dict.fromkeys(must_include))
+    if len(chosen) >= size:
+        return chosen
+    picked = set(chosen)
+    for device_id in sorted(set(available) - picked):
+        if len(chosen) >= size:
+            break
+        chosen.append(device_id)
+    return chosen

@@ -1,0 +1,219 @@
+"""Wires a configuration source to the reconciler and the plugin servers (SPEC §3-§5).
+
+One task group owns every task: the source loop, the reconciler, the plugin
+directory watch and one task per resource server. Cancellation is the only way
+tasks end; SIGTERM/SIGINT cancel the group, and each server ends its streams and
+removes its socket on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from loguru import logger
+
+from spookd import reconcile
+from spookd.config.model import Device
+from spookd.naming import assign_socket_names
+from spookd.observe import metrics
+from spookd.plugin.server import ResourceServer
+from spookd.plugin.watch import watch_plugin_dir
+from spookd.sources import Accepted, Deleted, Rejected, SourceEvent
+
+SHUTDOWN_TIMEOUT = 4.0
+
+DesiredState = dict[str, dict[str, Device]]
+
+
+class Latest:
+    """A one-slot mailbox: ``put`` replaces what is waiting, so only the newest wins."""
+
+    def __init__(self) -> None:
+        self._value: DesiredState | None = None
+        self._ready = asyncio.Event()
+
+    def put(self, value: DesiredState) -> None:
+        self._value = value
+        self._ready.set()
+
+    async def get(self) -> DesiredState:
+        await self._ready.wait()
+        self._ready.clear()
+        value, self._value = self._value, None
+        assert value is not None
+        return value
+
+
+@dataclass
+class _Running:
+    server: ResourceServer
+    scope: anyio.CancelScope
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Reconciler:
+    """Owns the running servers; applies each desired state through the pure diff."""
+
+    def __init__(self, plugin_dir: Path, task_group: anyio.abc.TaskGroup) -> None:
+        self.plugin_dir = plugin_dir
+        self._tg = task_group
+        self._running: dict[str, _Running] = {}
+        self.mailbox = Latest()
+        self.applied = 0
+
+    def servers(self) -> list[ResourceServer]:
+        """The servers running now."""
+        return [r.server for r in self._running.values()]
+
+    def running_state(self) -> DesiredState:
+        """What runs now, in the shape of a desired state."""
+        return {name: r.server.devices for name, r in self._running.items()}
+
+    async def run(self) -> None:
+        """Apply the newest desired state, forever; states that arrive meanwhile coalesce."""
+        while True:
+            desired = await self.mailbox.get()
+            await self.apply(desired)
+
+    async def apply(self, desired: DesiredState) -> list[reconcile.Action]:
+        """Make the running servers match ``desired``; return what was done."""
+        actions = reconcile.diff(desired, self.running_state())
+        if not actions:
+            return actions
+        sockets = assign_socket_names(
+            desired,
+            str(self.plugin_dir),
+            existing={name: r.server.socket_name for name, r in self._running.items()},
+        )
+        for action in actions:
+            if isinstance(action, reconcile.StopResource):
+                await self._stop(action.resource_name)
+            elif isinstance(action, reconcile.StartResource):
+                server = ResourceServer(
+                    action.resource_name,
+                    action.devices,
+                    self.plugin_dir,
+                    sockets[action.resource_name],
+                )
+                running = _Running(server, anyio.CancelScope())
+                self._running[action.resource_name] = running
+                await self._tg.start(self._serve, running)
+            else:
+                self._running[action.resource_name].server.update(action.devices)
+        self.applied += 1
+        changes = reconcile.summary(actions)
+        logger.info(
+            "config applied",
+            added=",".join(changes["added"]),
+            changed=",".join(changes["changed"]),
+            removed=",".join(changes["removed"]),
+        )
+        return actions
+
+    async def _serve(
+        self, running: _Running, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            with running.scope:
+                await running.server.run(task_status=task_status)
+        finally:
+            running.done.set()
+
+    async def _stop(self, resource_name: str) -> None:
+        running = self._running.pop(resource_name)
+        await running.server.withdraw()
+        running.scope.cancel()
+        await running.done.wait()
+        metrics.DEVICES.remove(resource_name, "Healthy")
+        metrics.DEVICES.remove(resource_name, "Unhealthy")
+        logger.info("server stopped", resource=resource_name, socket=str(running.server.socket_path))
+
+
+@dataclass
+class AppState:
+    """What the health endpoint reports."""
+
+    node_name: str
+    config_loaded: bool = False
+    reconciler: Reconciler | None = None
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when a valid config is loaded and every resource is registered and streaming."""
+        if not self.config_loaded or self.reconciler is None:
+            return False, "no valid configuration loaded yet"
+        waiting = [
+            s.resource_name for s in self.reconciler.servers() if not (s.registered and s.streaming)
+        ]
+        if waiting:
+            return False, "not registered with the kubelet yet: " + ", ".join(sorted(waiting))
+        return True, "ok"
+
+
+async def run(
+    source: AsyncIterator[SourceEvent],
+    node_name: str,
+    plugin_dir: Path,
+    state: AppState | None = None,
+    extra_tasks: list[Callable[[AppState], Awaitable[None]]] | None = None,
+) -> None:
+    """Serve the node's devices from ``source`` until SIGTERM/SIGINT."""
+    state = state or AppState(node_name=node_name)
+    logger.info("starting", node=node_name, plugin_dir=str(plugin_dir))
+    async with anyio.create_task_group() as tg:
+        reconciler = Reconciler(plugin_dir, tg)
+        state.reconciler = reconciler
+        tg.start_soon(_stop_on_signal, tg.cancel_scope)
+        tg.start_soon(watch_plugin_dir, plugin_dir, reconciler.servers)
+        tg.start_soon(reconciler.run)
+        for task in extra_tasks or []:
+            tg.start_soon(task, state)
+        await _consume(source, node_name, state, reconciler)
+        # A source that ends (tests, one-shot runs) leaves the servers serving.
+        await anyio.sleep_forever()
+
+
+async def _consume(
+    source: AsyncIterator[SourceEvent], node_name: str, state: AppState, reconciler: Reconciler
+) -> None:
+    async for event in source:
+        if isinstance(event, Accepted):
+            desired = event.config.for_node(node_name)
+            metrics.CONFIG_RELOADS.labels("applied").inc()
+            metrics.LAST_GOOD_CONFIG.set(time.time())
+            state.config_loaded = True
+            logger.info(
+                "config accepted",
+                source=event.source,
+                resources=len(desired),
+                devices=sum(len(d) for d in desired.values()),
+            )
+            reconciler.mailbox.put(desired)
+        elif isinstance(event, Rejected):
+            metrics.CONFIG_RELOADS.labels("rejected").inc()
+            logger.error(
+                "config rejected, keeping the last good configuration: {count} error(s)\n{errors}",
+                count=len(event.errors),
+                errors="\n".join(str(e) for e in event.errors),
+                source=event.source,
+            )
+        elif isinstance(event, Deleted):
+            metrics.CONFIG_RELOADS.labels("deleted").inc()
+            logger.warning(
+                "configuration deleted: withdrawing every resource", source=event.source
+            )
+            state.config_loaded = False
+            reconciler.mailbox.put({})
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logger.info("shutting down", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return

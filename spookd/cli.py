@@ -1,0 +1,252 @@
+"""Command line (SPEC §6): ``spookd run | validate | render``.
+
+Every flag also reads a ``SPOOKD_*`` environment variable. Usage errors exit 2 with
+one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from spookd import __version__
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
+
+
+class UsageError(Exception):
+    """A problem with the command line; reported in one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _env(flag: str, default: str | None = None) -> str | None:
+    return os.environ.get("SPOOKD_" + flag.upper().replace("-", "_"), default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = _Parser(
+        prog="spookd",
+        description="A Kubernetes device plugin for virtual devices defined in YAML.",
+        epilog="Every flag also reads the environment variable SPOOKD_<FLAG>, "
+        "for example SPOOKD_LOG_LEVEL=debug.",
+    )
+    parser.add_argument("--version", action="version", version=f"spookd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="serve this node's devices to the kubelet")
+    run.add_argument("--config", metavar="FILE", default=_env("config"), help="YAML file to serve (watched for changes)")
+    run.add_argument(
+        "--configmap",
+        metavar="NAMESPACE/NAME",
+        default=_env("configmap"),
+        help="ConfigMap to watch through the Kubernetes API",
+    )
+    run.add_argument(
+        "--configmap-key",
+        metavar="KEY",
+        default=_env("configmap-key", "config.yaml"),
+        help="key of the ConfigMap holding the YAML (default: config.yaml)",
+    )
+    run.add_argument(
+        "--node-name",
+        metavar="NAME",
+        default=_env("node-name"),
+        help="this node's name (default: $NODE_NAME, else the host name)",
+    )
+    run.add_argument(
+        "--plugin-dir",
+        metavar="DIR",
+        default=_env("plugin-dir", DEFAULT_PLUGIN_DIR),
+        help=f"the kubelet's device plugin directory (default: {DEFAULT_PLUGIN_DIR})",
+    )
+    _logging_flags(run)
+    run.add_argument(
+        "--http-addr",
+        metavar="HOST:PORT",
+        default=_env("http-addr", ":8080"),
+        help="address of /healthz, /readyz and /metrics (default: :8080; empty to disable)",
+    )
+
+    validate = sub.add_parser("validate", help="check configuration files; exit 2 on errors")
+    validate.add_argument("files", metavar="FILE", nargs="+", help="YAML files to check")
+
+    render = sub.add_parser("render", help="show what a node would advertise and inject")
+    render.add_argument("file", metavar="FILE", help="YAML configuration")
+    render.add_argument("--node", required=True, metavar="NAME", help="node name to render for")
+    render.add_argument(
+        "--allocate",
+        action="append",
+        default=[],
+        metavar="RESOURCE=ID[,ID...]",
+        help="devices to allocate (repeatable; default: the first device of each resource)",
+    )
+    render.add_argument("--output", choices=("text", "json"), default="text", help="output format")
+    return parser
+
+
+def _logging_flags(parser: argparse.ArgumentParser) -> None:
+    from spookd.observe.logging import FORMATS, LEVELS
+
+    parser.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default=_env("log-level", "info"),
+        help="least severe level logged (default: info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=_env("log-format", "auto"),
+        help="text, json, or auto: JSON lines unless stderr is a terminal (default: auto)",
+    )
+
+
+def node_name(flag: str | None) -> str:
+    """--node-name, else $NODE_NAME, else the host name (SPEC §2)."""
+    return flag or os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def _read_config_file(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Print every error of every file; exit 2 if any."""
+    from spookd.config import ConfigInvalid, load_config
+
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            config = load_config(_read_config_file(path), path)
+        except UsageError as exc:
+            print(f"{path}:1:1: {exc}", file=sys.stderr)
+            status = EXIT_INVALID
+            continue
+        except ConfigInvalid as exc:
+            for error in exc.errors:
+                print(error, file=sys.stderr)
+            status = EXIT_INVALID
+            continue
+        devices = sum(len(m.devices) for m in config.mappings)
+        print(f"{path}: OK ({len(config.mappings)} mappings, {devices} devices, {len(config.nodes())} nodes)")
+    return status
+
+
+def _parse_allocation(specs: list[str]) -> dict[str, list[str]]:
+    wanted: dict[str, list[str]] = {}
+    for spec in specs:
+        resource, sep, ids = spec.partition("=")
+        if not sep or not resource or not ids:
+            raise UsageError(f"--allocate {spec!r} must look like RESOURCE=ID[,ID...]")
+        wanted.setdefault(resource, []).extend(i for i in ids.split(",") if i)
+    return wanted
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Show what ``--node`` would advertise and the environment of an allocation."""
+    from spookd.allocation import container_env
+    from spookd.config import ConfigInvalid, load_config
+
+    try:
+        config = load_config(_read_config_file(args.file), args.file)
+    except ConfigInvalid as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return EXIT_INVALID
+    desired = config.for_node(args.node)
+    wanted = _parse_allocation(args.allocate) or {
+        resource: [min(devices)] for resource, devices in desired.items()
+    }
+    env: dict[str, str] = {}
+    for resource, ids in sorted(wanted.items()):
+        devices = desired.get(resource)
+        if devices is None:
+            raise UsageError(f"node {args.node} has no resource {resource}")
+        unknown = [i for i in ids if i not in devices]
+        if unknown:
+            raise UsageError(f"{resource} on node {args.node} has no device {', '.join(unknown)}")
+        env.update(container_env(resource, [devices[i] for i in ids]))
+    resources = {resource: sorted(devices) for resource, devices in sorted(desired.items())}
+    if args.output == "json":
+        print(json.dumps({"node": args.node, "resources": resources, "allocation": wanted, "env": dict(sorted(env.items()))}, indent=2))
+        return EXIT_OK
+    print(f"node {args.node} advertises:")
+    if not resources:
+        print("  (nothing)")
+    for resource, ids in resources.items():
+        print(f"  {resource}: {len(ids)}  ({', '.join(ids)})")
+    if env:
+        allocation = "; ".join(f"{r}={','.join(ids)}" for r, ids in sorted(wanted.items()))
+        print(f"\na container given {allocation} gets:")
+        for key, value in sorted(env.items()):
+            print(f"  {key}={value}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT."""
+    if bool(args.config) == bool(args.configmap):
+        raise UsageError("give exactly one of --config FILE or --configmap NAMESPACE/NAME")
+    if args.configmap and args.configmap.count("/") != 1:
+        raise UsageError(f"--configmap {args.configmap!r} must look like NAMESPACE/NAME")
+    from spookd.naming import SocketPathError, assign_socket_names
+
+    try:
+        assign_socket_names([], args.plugin_dir)
+    except SocketPathError as exc:
+        raise UsageError(str(exc)) from exc
+    http_addr = _parse_http_addr(args.http_addr) if args.http_addr else None
+
+    from spookd.observe.logging import setup_logging
+    from spookd.runner import run_daemon
+
+    setup_logging(args.log_level, args.log_format)
+    run_daemon(
+        config=Path(args.config) if args.config else None,
+        configmap=args.configmap,
+        configmap_key=args.configmap_key,
+        node_name=node_name(args.node_name),
+        plugin_dir=Path(args.plugin_dir),
+        http_addr=http_addr,
+    )
+    return EXIT_OK
+
+
+def _parse_http_addr(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"--http-addr {value!r} must look like HOST:PORT or :PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - probes come from the kubelet
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the command line and exit with its status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            raise UsageError("missing command: run, validate or render (see `spookd --help`)")
+        handler = {"run": cmd_run, "validate": cmd_validate, "render": cmd_render}[args.command]
+        status = handler(args)
+    except UsageError as exc:
+        print(f"spookd: error: {exc}", file=sys.stderr)
+        status = EXIT_INVALID
+    except KeyboardInterrupt:
+        status = 130
+    sys.exit(status)

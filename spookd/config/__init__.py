@@ -1,0 +1,26 @@
+"""Configuration: model, YAML loading with positions, validation (pure, no I/O)."""
+
+from spookd.config.loader import MAX_FILE_BYTES, load_config
+from spookd.config.model import (
+    HEALTHY,
+    UNHEALTHY,
+    Config,
+    ConfigError,
+    ConfigInvalid,
+    Device,
+    DeviceMapping,
+    NodeDevices,
+)
+
+__all__ = [
+    "HEALTHY",
+    "MAX_FILE_BYTES",
+    "UNHEALTHY",
+    "Config",
+    "ConfigError",
+    "ConfigInvalid",
+    "Device",
+    "DeviceMapping",
+    "NodeDevices",
+    "load_config",
+]

@@ -1,0 +1,75 @@
+"""The configuration model: what a validated configuration holds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+HEALTHY = "Healthy"
+UNHEALTHY = "Unhealthy"
+
+
+class Device(msgspec.Struct, frozen=True, order=True):
+    """One virtual device: identified by (resource_name, instance_id)."""
+
+    resource_name: str
+    instance_id: str
+    env: tuple[tuple[str, str], ...] = ()
+
+    def env_dict(self) -> dict[str, str]:
+        """The device's environment as a dict."""
+        return dict(self.env)
+
+
+class DeviceMapping(msgspec.Struct, frozen=True):
+    """A set of hosts (lower-cased node names) and the devices they all get."""
+
+    hosts: tuple[str, ...]
+    devices: tuple[Device, ...]
+
+
+#: What one node should advertise: ``{resource_name: {instance_id: Device}}``.
+NodeDevices = Mapping[str, Mapping[str, Device]]
+
+
+class Config(msgspec.Struct, frozen=True):
+    """A whole validated configuration."""
+
+    mappings: tuple[DeviceMapping, ...] = ()
+
+    def for_node(self, node_name: str) -> dict[str, dict[str, Device]]:
+        """The union of the devices of every mapping that lists ``node_name``."""
+        node = node_name.lower()
+        desired: dict[str, dict[str, Device]] = {}
+        for mapping in self.mappings:
+            if node in mapping.hosts:
+                for device in mapping.devices:
+                    desired.setdefault(device.resource_name, {})[device.instance_id] = device
+        return desired
+
+    def nodes(self) -> list[str]:
+        """Every node name the configuration mentions, sorted."""
+        return sorted({host for mapping in self.mappings for host in mapping.hosts})
+
+
+class ConfigError(msgspec.Struct, frozen=True):
+    """One problem in a configuration, with its place and a hint at the fix."""
+
+    source: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.source}:{self.line}:{self.column}: {where}{self.message}"
+
+
+class ConfigInvalid(Exception):
+    """A configuration was rejected; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))

@@ -1,0 +1,87 @@
+"""Names derived from resource names: plugin socket files and environment prefixes.
+
+Pure functions: no I/O, no event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+
+#: ``sun_path`` holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH_BYTES = 107
+
+_SOCKET_PREFIX = "spookd-"
+_SOCKET_SUFFIX = ".sock"
+_HASH_CHARS = 8
+
+
+class SocketPathError(ValueError):
+    """The plugin directory is too long to hold any socket name."""
+
+
+def plain_socket_name(resource_name: str) -> str:
+    """The socket file name of a resource before collision and length handling."""
+    body = resource_name.lower().replace(".", "").replace("/", "_")
+    return f"{_SOCKET_PREFIX}{body}{_SOCKET_SUFFIX}"
+
+
+def _hashed_socket_name(resource_name: str, room: int, hash_chars: int) -> str:
+    digest = hashlib.sha256(resource_name.encode()).hexdigest()[:hash_chars]
+    body = plain_socket_name(resource_name)[len(_SOCKET_PREFIX) : -len(_SOCKET_SUFFIX)]
+    fixed = len(_SOCKET_PREFIX) + 1 + hash_chars + len(_SOCKET_SUFFIX)
+    keep = max(0, room - fixed)
+    body = body.encode()[:keep].decode(errors="ignore")
+    return f"{_SOCKET_PREFIX}{body}-{digest}{_SOCKET_SUFFIX}"
+
+
+def assign_socket_names(
+    resource_names: Iterable[str],
+    plugin_dir: str,
+    existing: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Give every resource a distinct socket file name that fits the Unix path limit.
+
+    A resource that already has a name in ``existing`` keeps it, so a running server
+    never changes sockets because another resource was added. Otherwise the plain
+    name is used unless it is taken or too long, in which case a stable hash of the
+    resource name is appended.
+    """
+    room = MAX_SOCKET_PATH_BYTES - len(plugin_dir.rstrip("/").encode()) - 1
+    minimum = len(_SOCKET_PREFIX) + 1 + _HASH_CHARS + len(_SOCKET_SUFFIX)
+    if room < minimum:
+        raise SocketPathError(
+            f"plugin directory {plugin_dir!r} is too long for Unix socket paths "
+            f"({MAX_SOCKET_PATH_BYTES} bytes); use a shorter --plugin-dir"
+        )
+    wanted = sorted(set(resource_names))
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for resource in wanted:
+        if existing and resource in existing:
+            names[resource] = existing[resource]
+            taken.add(existing[resource])
+    plain = {r: plain_socket_name(r) for r in wanted if r not in names}
+    counts: dict[str, int] = {}
+    for name in plain.values():
+        counts[name] = counts.get(name, 0) + 1
+    for resource, name in plain.items():
+        if counts[name] == 1 and name not in taken and len(name.encode()) <= room:
+            names[resource] = name
+            taken.add(name)
+    for resource in wanted:
+        if resource in names:
+            continue
+        hash_chars = _HASH_CHARS
+        name = _hashed_socket_name(resource, room, hash_chars)
+        while name in taken:
+            hash_chars += 4
+            name = _hashed_socket_name(resource, room, hash_chars)
+        names[resource] = name
+        taken.add(name)
+    return names
+
+
+def env_prefix(resource_name: str) -> str:
+    """The environment variable prefix of a resource (``example.com/widget`` → ``EXAMPLECOM_WIDGET``)."""
+    return resource_name.upper().replace(".", "").replace("/", "_").replace("-", "_")

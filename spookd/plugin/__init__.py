@@ -1,0 +1,1 @@
+"""The I/O shell towards the kubelet: plugin servers, registration, restart watch."""

@@ -1,0 +1,88 @@
+"""The file source: a YAML file watched with watchfiles (SPEC §3).
+
+The parent directory is watched, not the file, so that every way a file changes is
+seen: edits in place, editors' atomic renames, and the ``..data`` symlink swap that
+the kubelet performs for ConfigMap volumes. Bursts of events are debounced, and a
+version is only parsed when its bytes differ from the last one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+from loguru import logger
+from watchfiles import awatch
+
+from spookd.config import MAX_FILE_BYTES, ConfigInvalid, load_config
+from spookd.sources import Accepted, Deleted, Rejected, SourceEvent
+
+DEBOUNCE_MS = 30
+#: Even without events the file is re-read this often (a missed event costs at most this).
+SAFETY_POLL_MS = 2000
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        return b""
+
+
+async def parse(data: bytes, source: str) -> SourceEvent:
+    """Validate ``data`` in a worker thread, keeping the event loop responsive."""
+    try:
+        config = await anyio.to_thread.run_sync(load_config, data, source)
+    except ConfigInvalid as exc:
+        return Rejected(errors=exc.errors, source=source)
+    return Accepted(config=config, source=source)
+
+
+async def watch_file(path: Path) -> AsyncIterator[SourceEvent]:
+    """Yield a version at start and after every change of the file's bytes."""
+    source = str(path)
+    last: bytes | None = None
+    first = True
+
+    async def changed() -> SourceEvent | None:
+        nonlocal last, first
+        data = await anyio.to_thread.run_sync(_read, path)
+        if data == last and not first:
+            return None
+        was_first, first = first, False
+        last = data
+        if data is None:
+            if was_first:
+                logger.warning("configuration file {path} does not exist; waiting for it", path=source)
+            return Deleted(source=source)
+        return await parse(data, source)
+
+    event = await changed()
+    if event is not None:
+        yield event
+    directory = path.parent
+    while True:
+        if not directory.is_dir():
+            await anyio.sleep(SAFETY_POLL_MS / 1000)
+            event = await changed()
+            if event is not None:
+                yield event
+            continue
+        try:
+            async for _ in awatch(
+                directory,
+                debounce=DEBOUNCE_MS,
+                step=10,
+                recursive=False,
+                rust_timeout=SAFETY_POLL_MS,
+                yield_on_timeout=True,
+            ):
+                event = await changed()
+                if event is not None:
+                    yield event
+        except FileNotFoundError:
+            continue
