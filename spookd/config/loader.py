@@ -182,6 +182,7 @@ class _Validator:
     ) -> dict[str, Node]:
         found: dict[str, Node] = {}
         key_nodes: dict[str, Node] = {}
+        suggested: set[str] = set()
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode) or _tag(key_node) != _STR:
                 shown = key_node.value if isinstance(key_node, ScalarNode) else _describe(key_node)
@@ -194,11 +195,14 @@ class _Validator:
                 continue
             key_nodes[key] = key_node
             if key not in allowed:
-                self.error(sub, key_node, f"unknown key `{key}`{_suggest(key, allowed)}")
+                hint = _suggest(key, allowed)
+                if "did you mean" in hint:
+                    suggested.add(hint.split("`")[1])
+                self.error(sub, key_node, f"unknown key `{key}`{hint}")
                 continue
             found[key] = value_node
         for key in required:
-            if key not in found and key not in key_nodes:
+            if key not in found and key not in key_nodes and key not in suggested:
                 self.error(path, node, f"missing key `{key}`")
         return found
 
@@ -374,6 +378,9 @@ class _Validator:
         if isinstance(node, ScalarNode):
             tag = _tag(node)
             if tag == _STR:
+                if "\x00" in node.value:
+                    self.error(path, node, "env value contains a NUL character, which no environment variable can hold")
+                    return None
                 return str(node.value)
             if tag == _INT:
                 return str(_parse_int(node.value))
