@@ -46,6 +46,7 @@ __all__ = [
     "AdmitResult",
     "ContainerAllocation",
     "DeviceNode",
+    "GoPlugin",
     "HarnessError",
     "Mount",
     "NodeHarness",
@@ -560,3 +561,114 @@ class NodeHarness:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+class GoPlugin:
+    """The Go reference plugin (``tests/go/cmd/goplugin``: the kubelet's stub device plugin).
+
+    Runs in the normal mount namespace, serving ``n`` healthy devices ``<id_prefix>0..n-1``
+    of ``resource`` on ``<plugin_dir>/<socket>`` and registering with
+    ``<plugin_dir>/kubelet.sock``. :meth:`start` returns once registration succeeded.
+    """
+
+    def __init__(
+        self,
+        plugin_dir: os.PathLike[str] | str,
+        resource: str = "example.com/widget",
+        n: int = 2,
+        *,
+        socket: str = "goplugin.sock",
+        id_prefix: str = "dev-",
+        preferred: bool = False,
+        watch: bool = True,
+        binary: pathlib.Path | None = None,
+        log_dir: os.PathLike[str] | str | None = None,
+    ) -> None:
+        self.plugin_dir = pathlib.Path(plugin_dir)
+        self.resource = resource
+        self.n = n
+        self.socket = socket
+        self.socket_path = self.plugin_dir / socket
+        self.devices = [f"{id_prefix}{i}" for i in range(n)]
+        self._args = [
+            f"-resource={resource}",
+            f"-n={n}",
+            f"-plugin-dir={self.plugin_dir}",
+            f"-socket={socket}",
+            f"-id-prefix={id_prefix}",
+            f"-preferred={str(preferred).lower()}",
+            f"-watch={str(watch).lower()}",
+        ]
+        self._binary = binary
+        self._log_dir = log_dir
+        self.proc: subprocess.Popen[str] | None = None
+        self.stderr_path: pathlib.Path | None = None
+        self._stderr_file: IO[str] | None = None
+
+    def start(self, timeout: float = 40.0) -> Self:
+        binary = self._binary if self._binary is not None else gobuild.build("goplugin")
+        fd, name = tempfile.mkstemp(prefix="goplugin-", suffix=".stderr.log", dir=self._log_dir)
+        os.close(fd)
+        self.stderr_path = pathlib.Path(name)
+        self._stderr_file = open(self.stderr_path, "w", encoding="utf-8")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [os.fspath(binary), *self._args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr_file,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        stdout = self.proc.stdout
+        assert stdout is not None
+
+        def read() -> None:
+            lines.put(stdout.readline())
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            self.stop()
+            raise HarnessError(f"goplugin not ready after {timeout}s\n{self.stderr_text}") from None
+        if not line.strip() or not json.loads(line).get("ready"):
+            self.stop()
+            raise HarnessError(f"goplugin failed to start: {line!r}\n{self.stderr_text}")
+        return self
+
+    @property
+    def stderr_text(self) -> str:
+        if self.stderr_path is None:
+            return ""
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the plugin and wait; returns its exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if self._stderr_file is not None:
+            self._stderr_file.close()
+            self._stderr_file = None
+        self.proc = None
+        return proc.returncode
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
