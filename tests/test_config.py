@@ -162,11 +162,15 @@ def test_env_values_render_integers_in_decimal(value: str, rendered: str) -> Non
 
 def test_large_file_error_is_found_at_its_line() -> None:
     lines = ["deviceMapping:"]
-    i = 0
-    while sum(len(x) + 1 for x in lines) < 2 * 1024 * 1024:
-        lines.append(f"  - hosts: [node-{i}]")
-        lines.append("    devices:")
-        lines.append(f"      - {{resourceName: example.com/r{i % 97}, instanceID: \"{i:06d}\", env: {{IP: 10.0.{i % 250}.{i % 200}}}}}")
+    i = size = 0
+    while size < 2 * 1024 * 1024:
+        block = [
+            f"  - hosts: [node-{i}]",
+            "    devices:",
+            f"      - {{resourceName: example.com/r{i % 97}, instanceID: \"{i:06d}\", env: {{IP: 10.0.{i % 250}.{i % 200}}}}}",
+        ]
+        lines.extend(block)
+        size += sum(len(x) + 1 for x in block)
         i += 1
     lines.append("  - hosts: [last]")
     lines.append("    devices:")

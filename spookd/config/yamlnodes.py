@@ -1,16 +1,34 @@
-"""Compose YAML text into a ruamel.yaml node tree with positions (YAML 1.2)."""
+"""Compose YAML text into a ruamel.yaml node tree with positions (YAML 1.2 core schema)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ruamel.yaml.nodes import Node
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.resolver import VersionedResolver
 
 try:
     from ruamel.yaml.cyaml import CParser
 except ImportError:  # pragma: no cover - only without ruamel.yaml.clib
     CParser = None
+
+_STR = "tag:yaml.org,2002:str"
+_SEQ = "tag:yaml.org,2002:seq"
+_MAP = "tag:yaml.org,2002:map"
+
+
+def _implicit_table() -> dict[str, list[tuple[str, Any]]]:
+    """ruamel.yaml's YAML 1.2 implicit resolvers by first character, resolved once.
+
+    ruamel.yaml looks the version up again for every scalar; for a 1 MiB
+    configuration that lookup cost more than parsing itself.
+    """
+    table = VersionedResolver(version=(1, 2)).versioned_resolver
+    return {key: [(str(tag), regexp) for tag, regexp in rules] for key, rules in table.items()}
+
+
+_IMPLICIT = _implicit_table()
+_ANY_FIRST = _IMPLICIT.get(None, [])  # type: ignore[call-overload]
 
 
 def compose(text: str) -> Node | None:
@@ -22,12 +40,24 @@ def compose(text: str) -> Node | None:
     return YAML(typ="safe", pure=True).compose(text)  # type: ignore[no-any-return]  # pragma: no cover
 
 
-class _CComposer(CParser, VersionedResolver):  # type: ignore[misc]
-    """libyaml's parser and composer with ruamel.yaml's YAML 1.2 resolver."""
+class _CComposer(CParser):  # type: ignore[misc]
+    """libyaml's parser and composer with a fixed YAML 1.2 core-schema resolver."""
 
-    def __init__(self, text: str) -> None:
-        CParser.__init__(self, text)
-        VersionedResolver.__init__(self, loader=self)
+    def resolve(self, kind: Any, value: str, implicit: tuple[bool, bool]) -> str:
+        if kind is ScalarNode:
+            if implicit[0]:
+                for tag, regexp in _IMPLICIT.get(value[:1], _ANY_FIRST):
+                    if regexp.match(value):
+                        return tag
+            return _STR
+        if kind is SequenceNode:
+            return _SEQ
+        if kind is MappingNode:
+            return _MAP
+        return _STR
 
-    def __getattr__(self, name: str) -> Any:
-        raise AttributeError(name)
+    def descend_resolver(self, *_: Any) -> None:
+        return None
+
+    def ascend_resolver(self, *_: Any) -> None:
+        return None
