@@ -96,6 +96,10 @@ class KubeletDouble:
         self._tg.start_soon(self._consume, view, scope)
         self._touch()
 
+    def drop_stream(self, resource_name: str) -> None:
+        """Close the ListAndWatch stream of a resource from the kubelet's side."""
+        self._streams.pop(resource_name).cancel()
+
     def _touch(self) -> None:
         self._changed.set()
 
