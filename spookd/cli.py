@@ -201,6 +201,16 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT."""
+    from spookd.observe.logging import FORMATS, LEVELS
+
+    # argparse checks choices only for flags given on the command line, not for
+    # defaults taken from SPOOKD_* variables.
+    for flag, value, allowed in (("log-level", args.log_level, LEVELS), ("log-format", args.log_format, FORMATS)):
+        if value not in allowed:
+            raise UsageError(
+                f"argument --{flag} (or SPOOKD_{flag.upper().replace('-', '_')}): "
+                f"invalid choice: {value!r} (choose from {', '.join(allowed)})"
+            )
     if bool(args.config) == bool(args.configmap):
         raise UsageError("give exactly one of --config FILE or --configmap NAMESPACE/NAME")
     if args.configmap and args.configmap.count("/") != 1:

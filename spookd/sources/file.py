@@ -19,8 +19,17 @@ from spookd.config import MAX_FILE_BYTES, ConfigInvalid, load_config
 from spookd.sources import Accepted, Deleted, Rejected, SourceEvent
 
 DEBOUNCE_MS = 30
-#: Even without events the file is re-read this often (a missed event costs at most this).
-SAFETY_POLL_MS = 2000
+#: Without events the file's stat is compared this often; this bounds the cost of a
+#: change the watch cannot see (made before it started, or on a remote filesystem).
+SAFETY_POLL_MS = 250
+
+
+def _signature(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _read(path: Path) -> bytes | None:
@@ -46,10 +55,12 @@ async def watch_file(path: Path) -> AsyncIterator[SourceEvent]:
     """Yield a version at start and after every change of the file's bytes."""
     source = str(path)
     last: bytes | None = None
+    signature = _signature(path)
     first = True
 
     async def changed() -> SourceEvent | None:
-        nonlocal last, first
+        nonlocal last, first, signature
+        signature = _signature(path)
         data = await anyio.to_thread.run_sync(_read, path)
         if data == last and not first:
             return None
@@ -73,7 +84,7 @@ async def watch_file(path: Path) -> AsyncIterator[SourceEvent]:
                 yield event
             continue
         try:
-            async for _ in awatch(
+            async for changes in awatch(
                 directory,
                 debounce=DEBOUNCE_MS,
                 step=10,
@@ -81,6 +92,8 @@ async def watch_file(path: Path) -> AsyncIterator[SourceEvent]:
                 rust_timeout=SAFETY_POLL_MS,
                 yield_on_timeout=True,
             ):
+                if not changes and _signature(path) == signature:
+                    continue
                 event = await changed()
                 if event is not None:
                     yield event
