@@ -25,9 +25,7 @@ def container_env(resource_name: str, devices: Sequence[Device]) -> dict[str, st
     return env
 
 
-def preferred_allocation(
-    available: Iterable[str], must_include: Iterable[str], size: int
-) -> list[str]:
+def preferred_allocation(available: Iterable[str], must_include: Iterable[str], size: int) -> list[str]:
     """``must_include`` first, then the lowest-sorted other available IDs, up to ``size``."""
     chosen = list(dict.fromkeys(must_include))
     if len(chosen) >= size:

@@ -117,7 +117,10 @@ class Reconciler:
         return actions
 
     async def _serve(
-        self, running: _Running, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        running: _Running,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
             with running.scope:
@@ -147,9 +150,7 @@ class AppState:
         """Ready when a valid config is loaded and every resource is registered and streaming."""
         if not self.config_loaded or self.reconciler is None:
             return False, "no valid configuration loaded yet"
-        waiting = [
-            s.resource_name for s in self.reconciler.servers() if not (s.registered and s.streaming)
-        ]
+        waiting = [s.resource_name for s in self.reconciler.servers() if not (s.registered and s.streaming)]
         if waiting:
             return False, "not registered with the kubelet yet: " + ", ".join(sorted(waiting))
         return True, "ok"
@@ -204,9 +205,7 @@ async def _consume(
             )
         elif isinstance(event, Deleted):
             metrics.CONFIG_RELOADS.labels("deleted").inc()
-            logger.warning(
-                "configuration deleted: withdrawing every resource", source=event.source
-            )
+            logger.warning("configuration deleted: withdrawing every resource", source=event.source)
             state.config_loaded = False
             reconciler.mailbox.put({})
 

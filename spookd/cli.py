@@ -47,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", help="serve this node's devices to the kubelet")
-    run.add_argument("--config", metavar="FILE", default=_env("config"), help="YAML file to serve (watched for changes)")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        default=_env("config"),
+        help="YAML file to serve (watched for changes)",
+    )
     run.add_argument(
         "--configmap",
         metavar="NAMESPACE/NAME",
@@ -184,7 +189,17 @@ def cmd_render(args: argparse.Namespace) -> int:
         env.update(container_env(resource, [devices[i] for i in ids]))
     resources = {resource: sorted(devices) for resource, devices in sorted(desired.items())}
     if args.output == "json":
-        print(json.dumps({"node": args.node, "resources": resources, "allocation": wanted, "env": dict(sorted(env.items()))}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "node": args.node,
+                    "resources": resources,
+                    "allocation": wanted,
+                    "env": dict(sorted(env.items())),
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK
     print(f"node {args.node} advertises:")
     if not resources:
@@ -205,7 +220,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # argparse checks choices only for flags given on the command line, not for
     # defaults taken from SPOOKD_* variables.
-    for flag, value, allowed in (("log-level", args.log_level, LEVELS), ("log-format", args.log_format, FORMATS)):
+    for flag, value, allowed in (
+        ("log-level", args.log_level, LEVELS),
+        ("log-format", args.log_format, FORMATS),
+    ):
         if value not in allowed:
             raise UsageError(
                 f"argument --{flag} (or SPOOKD_{flag.upper().replace('-', '_')}): "
@@ -242,7 +260,7 @@ def _parse_http_addr(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise UsageError(f"--http-addr {value!r} must look like HOST:PORT or :PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - probes come from the kubelet
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -45,9 +45,7 @@ def diff(desired: DeviceSets, running: DeviceSets) -> list[Action]:
     Stops come first (freeing sockets), then starts, then updates, each sorted by
     resource name. Equal states yield no action.
     """
-    actions: list[Action] = [
-        StopResource(resource) for resource in sorted(running.keys() - desired.keys())
-    ]
+    actions: list[Action] = [StopResource(resource) for resource in sorted(running.keys() - desired.keys())]
     actions.extend(
         StartResource(resource, _sorted(desired[resource]))
         for resource in sorted(desired.keys() - running.keys())
@@ -75,8 +73,6 @@ def summary(actions: list[Action]) -> dict[str, list[str]]:
     """Resource names by kind of change, for logs and Events."""
     out: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
     for action in actions:
-        kind = {StartResource: "added", UpdateResource: "changed", StopResource: "removed"}[
-            type(action)
-        ]
+        kind = {StartResource: "added", UpdateResource: "changed", StopResource: "removed"}[type(action)]
         out[kind].append(action.resource_name)
     return out

@@ -59,7 +59,9 @@ def test_preferred_allocation_takes_must_include_then_lowest() -> None:
     st.sets(st.text("abc123", min_size=1, max_size=3), max_size=8),
     st.data(),
 )
-def test_preferred_allocation_respects_size_and_must_include(available: set[str], data: st.DataObject) -> None:
+def test_preferred_allocation_respects_size_and_must_include(
+    available: set[str], data: st.DataObject
+) -> None:
     must = data.draw(st.lists(st.sampled_from(sorted(available)), unique=True) if available else st.just([]))
     size = data.draw(st.integers(min_value=len(must), max_value=len(available)))
     chosen = preferred_allocation(sorted(available), must, size)

@@ -54,11 +54,20 @@ def test_render_shows_resources_and_the_allocation_environment() -> None:
     result = spookd("render", str(GOOD / "walkthrough.yaml"), "--node", "minikube", "--output", "json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["resources"] == {"example.com/thingamajig": ["A1234"], "example.com/widget": ["0001"]}
+    assert out["resources"] == {
+        "example.com/thingamajig": ["A1234"],
+        "example.com/widget": ["0001"],
+    }
     assert out["env"]["EXAMPLECOM_WIDGET_IP"] == "192.168.0.200"
     assert out["env"]["EXAMPLECOM_THINGAMAJIG_NUM_DEVICES"] == "1"
-    text = spookd("render", str(GOOD / "lab.yaml"), "--node", "lab2-host1",
-                  "--allocate", "skao.int/oscilloscope=0003")
+    text = spookd(
+        "render",
+        str(GOOD / "lab.yaml"),
+        "--node",
+        "lab2-host1",
+        "--allocate",
+        "skao.int/oscilloscope=0003",
+    )
     assert "skao.int/oscilloscope: 1  (0003)" in text.stdout
     assert "SKAOINT_OSCILLOSCOPE_IP=10.0.10.85" in text.stdout
 
@@ -102,8 +111,22 @@ def test_run_serves_a_config_file_and_sigterm_removes_sockets(plugin_dir: Path, 
     config = tmp_path / "config.yaml"
     config.write_text((GOOD / "walkthrough.yaml").read_text())
     process = subprocess.Popen(
-        [sys.executable, "-m", "spookd", "run", "--config", str(config), "--node-name", "minikube",
-         "--plugin-dir", str(plugin_dir), "--http-addr", "127.0.0.1:0", "--log-format", "json"],
+        [
+            sys.executable,
+            "-m",
+            "spookd",
+            "run",
+            "--config",
+            str(config),
+            "--node-name",
+            "minikube",
+            "--plugin-dir",
+            str(plugin_dir),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -15,64 +15,199 @@ BAD = DATA / "bad"
 BAD_CASES: dict[str, tuple[int, int, str, str]] = {
     "binary_garbage.bin": (2, 4, "", "not valid UTF-8"),
     "comment_only.yaml": (1, 1, "", "configuration is empty"),
-    "conflicting_env.yaml": (7, 9, "deviceMapping[1].devices[0].env", "also defined at deviceMapping[0].devices[0] (line 4) with a different env"),
+    "conflicting_env.yaml": (
+        7,
+        9,
+        "deviceMapping[1].devices[0].env",
+        "also defined at deviceMapping[0].devices[0] (line 4) with a different env",
+    ),
     "device_mapping_null.yaml": (1, 15, "deviceMapping", "write `deviceMapping: []`"),
-    "device_mapping_scalar.yaml": (1, 16, "deviceMapping", "expected a list of mappings, got a string"),
+    "device_mapping_scalar.yaml": (
+        1,
+        16,
+        "deviceMapping",
+        "expected a list of mappings, got a string",
+    ),
     "device_not_mapping.yaml": (4, 9, "deviceMapping[0].devices[0]", "expected a device mapping"),
     "devices_missing.yaml": (2, 5, "deviceMapping[0]", "missing key `devices`"),
-    "devices_not_list.yaml": (3, 14, "deviceMapping[0].devices", "expected a list of devices, got a mapping"),
+    "devices_not_list.yaml": (
+        3,
+        14,
+        "deviceMapping[0].devices",
+        "expected a list of devices, got a mapping",
+    ),
     "devices_null.yaml": (3, 13, "deviceMapping[0].devices", "write `devices: []` for none"),
     "duplicate_key.yaml": (3, 5, "deviceMapping[0].hosts", "duplicate key `hosts`"),
     "empty.yaml": (1, 1, "", "configuration is empty"),
-    "env_bad_key.yaml": (6, 15, "deviceMapping[0].devices[0].env.my-ip", "must match [A-Za-z_][A-Za-z0-9_]*"),
-    "env_bool_value.yaml": (6, 24, "deviceMapping[0].devices[0].env.ENABLED", 'is a boolean; quote it if you mean the text: "true"'),
+    "env_bad_key.yaml": (
+        6,
+        15,
+        "deviceMapping[0].devices[0].env.my-ip",
+        "must match [A-Za-z_][A-Za-z0-9_]*",
+    ),
+    "env_bool_value.yaml": (
+        6,
+        24,
+        "deviceMapping[0].devices[0].env.ENABLED",
+        'is a boolean; quote it if you mean the text: "true"',
+    ),
     "env_date_value.yaml": (6, 22, "deviceMapping[0].devices[0].env.SINCE", "is a date; quote it"),
-    "env_duplicate_key.yaml": (6, 22, "deviceMapping[0].devices[0].env.IP", "duplicate env name `IP`"),
-    "env_float_value.yaml": (6, 21, "deviceMapping[0].devices[0].env.RATE", "floating-point number; quote it"),
+    "env_duplicate_key.yaml": (
+        6,
+        22,
+        "deviceMapping[0].devices[0].env.IP",
+        "duplicate env name `IP`",
+    ),
+    "env_float_value.yaml": (
+        6,
+        21,
+        "deviceMapping[0].devices[0].env.RATE",
+        "floating-point number; quote it",
+    ),
     "env_list_value.yaml": (6, 20, "deviceMapping[0].devices[0].env.IPS", "got a list"),
     "env_map_value.yaml": (6, 21, "deviceMapping[0].devices[0].env.ADDR", "got a mapping"),
     "env_not_mapping.yaml": (6, 14, "deviceMapping[0].devices[0].env", "env must be a mapping"),
     "env_nul_value.yaml": (6, 19, "deviceMapping[0].devices[0].env.IP", "NUL character"),
     "env_null_value.yaml": (6, 19, "deviceMapping[0].devices[0].env.IP", "is null; quote it"),
-    "env_prefix_collision.yaml": (5, 24, "deviceMapping[0].devices[1].resourceName", "would both set EXAMPLECOM_A_B_ID"),
-    "env_reserved_dev_prefix.yaml": (6, 15, "deviceMapping[0].devices[0].env.DEV0_IP", "is reserved"),
+    "env_prefix_collision.yaml": (
+        5,
+        24,
+        "deviceMapping[0].devices[1].resourceName",
+        "would both set EXAMPLECOM_A_B_ID",
+    ),
+    "env_reserved_dev_prefix.yaml": (
+        6,
+        15,
+        "deviceMapping[0].devices[0].env.DEV0_IP",
+        "is reserved",
+    ),
     "env_reserved_id.yaml": (6, 15, "deviceMapping[0].devices[0].env.ID", "is reserved"),
-    "env_reserved_num_devices.yaml": (6, 15, "deviceMapping[0].devices[0].env.NUM_DEVICES", "is reserved"),
+    "env_reserved_num_devices.yaml": (
+        6,
+        15,
+        "deviceMapping[0].devices[0].env.NUM_DEVICES",
+        "is reserved",
+    ),
     "env_reserved_type.yaml": (6, 15, "deviceMapping[0].devices[0].env.TYPE", "is reserved"),
     "host_invalid.yaml": (2, 13, "deviceMapping[0].hosts[0]", "not a valid node name"),
-    "host_not_string.yaml": (2, 21, "deviceMapping[0].hosts[1]", "must be a string, got a number; quote it"),
+    "host_not_string.yaml": (
+        2,
+        21,
+        "deviceMapping[0].hosts[1]",
+        "must be a string, got a number; quote it",
+    ),
     "hosts_empty.yaml": (2, 12, "deviceMapping[0].hosts", "empty list"),
     "hosts_missing.yaml": (2, 5, "deviceMapping[0]", "missing key `hosts`"),
     "hosts_not_list.yaml": (2, 12, "deviceMapping[0].hosts", "expected a list of node names"),
     "instance_id_bad_chars.yaml": (5, 21, "deviceMapping[0].devices[0].instanceID", "contains '/'"),
-    "instance_id_bool.yaml": (5, 21, "deviceMapping[0].devices[0].instanceID", 'got a boolean; quote it: "true"'),
-    "instance_id_empty.yaml": (5, 21, "deviceMapping[0].devices[0].instanceID", "instanceID is empty"),
+    "instance_id_bool.yaml": (
+        5,
+        21,
+        "deviceMapping[0].devices[0].instanceID",
+        'got a boolean; quote it: "true"',
+    ),
+    "instance_id_empty.yaml": (
+        5,
+        21,
+        "deviceMapping[0].devices[0].instanceID",
+        "instanceID is empty",
+    ),
     "instance_id_float.yaml": (5, 21, "deviceMapping[0].devices[0].instanceID", "unquoted number"),
     "instance_id_missing.yaml": (4, 9, "deviceMapping[0].devices[0]", "missing key `instanceID`"),
     "instance_id_too_long.yaml": (5, 21, "deviceMapping[0].devices[0].instanceID", "at most 63"),
-    "instance_id_unquoted.yaml": (5, 21, "deviceMapping[0].devices[0].instanceID", 'quote it: instanceID: "0001"'),
+    "instance_id_unquoted.yaml": (
+        5,
+        21,
+        "deviceMapping[0].devices[0].instanceID",
+        'quote it: instanceID: "0001"',
+    ),
     "invalid_utf8.yaml": (2, 6, "", "not valid UTF-8"),
-    "mapping_not_mapping.yaml": (2, 5, "deviceMapping[0]", "expected a mapping with `hosts` and `devices`"),
+    "mapping_not_mapping.yaml": (
+        2,
+        5,
+        "deviceMapping[0]",
+        "expected a mapping with `hosts` and `devices`",
+    ),
     "missing_device_mapping.yaml": (1, 1, "", "missing key `deviceMapping`"),
     "multi_document.yaml": (2, 1, "", "more than one YAML document"),
-    "non_string_key.yaml": (6, 15, "deviceMapping[0].devices[0].env.1", "env names must be strings"),
+    "non_string_key.yaml": (
+        6,
+        15,
+        "deviceMapping[0].devices[0].env.1",
+        "env names must be strings",
+    ),
     "not_a_mapping.yaml": (1, 1, "", "must be a mapping with the key `deviceMapping`, got a list"),
-    "resource_kubernetes_io.yaml": (4, 23, "deviceMapping[0].devices[0].resourceName", "kubernetes.io namespace is reserved"),
-    "resource_name_missing.yaml": (4, 9, "deviceMapping[0].devices[0]", "missing key `resourceName`"),
-    "resource_name_too_long.yaml": (4, 23, "deviceMapping[0].devices[0].resourceName", "must be 1-63 characters"),
-    "resource_no_domain.yaml": (4, 23, "deviceMapping[0].devices[0].resourceName", "needs a domain"),
-    "resource_not_string.yaml": (4, 23, "deviceMapping[0].devices[0].resourceName", "must be a string, got a list"),
-    "resource_requests_prefix.yaml": (4, 23, "deviceMapping[0].devices[0].resourceName", "`requests.` are reserved"),
-    "resource_sub_kubernetes_io.yaml": (4, 23, "deviceMapping[0].devices[0].resourceName", "kubernetes.io namespace is reserved"),
-    "resource_two_slashes.yaml": (4, 23, "deviceMapping[0].devices[0].resourceName", "only one `/`"),
-    "resource_uppercase_domain.yaml": (4, 23, "deviceMapping[0].devices[0].resourceName", "lower-case DNS subdomain"),
+    "resource_kubernetes_io.yaml": (
+        4,
+        23,
+        "deviceMapping[0].devices[0].resourceName",
+        "kubernetes.io namespace is reserved",
+    ),
+    "resource_name_missing.yaml": (
+        4,
+        9,
+        "deviceMapping[0].devices[0]",
+        "missing key `resourceName`",
+    ),
+    "resource_name_too_long.yaml": (
+        4,
+        23,
+        "deviceMapping[0].devices[0].resourceName",
+        "must be 1-63 characters",
+    ),
+    "resource_no_domain.yaml": (
+        4,
+        23,
+        "deviceMapping[0].devices[0].resourceName",
+        "needs a domain",
+    ),
+    "resource_not_string.yaml": (
+        4,
+        23,
+        "deviceMapping[0].devices[0].resourceName",
+        "must be a string, got a list",
+    ),
+    "resource_requests_prefix.yaml": (
+        4,
+        23,
+        "deviceMapping[0].devices[0].resourceName",
+        "`requests.` are reserved",
+    ),
+    "resource_sub_kubernetes_io.yaml": (
+        4,
+        23,
+        "deviceMapping[0].devices[0].resourceName",
+        "kubernetes.io namespace is reserved",
+    ),
+    "resource_two_slashes.yaml": (
+        4,
+        23,
+        "deviceMapping[0].devices[0].resourceName",
+        "only one `/`",
+    ),
+    "resource_uppercase_domain.yaml": (
+        4,
+        23,
+        "deviceMapping[0].devices[0].resourceName",
+        "lower-case DNS subdomain",
+    ),
     "scalar_document.yaml": (1, 1, "", "got a string"),
     "tab_indent.yaml": (2, 1, "", "invalid YAML"),
     "unclosed_bracket.yaml": (3, 1, "", "invalid YAML"),
-    "unknown_device_key.yaml": (5, 9, "deviceMapping[0].devices[0].instanceId", "did you mean `instanceID`?"),
+    "unknown_device_key.yaml": (
+        5,
+        9,
+        "deviceMapping[0].devices[0].instanceId",
+        "did you mean `instanceID`?",
+    ),
     "unknown_mapping_key.yaml": (2, 5, "deviceMapping[0].host", "did you mean `hosts`?"),
     "unknown_top_key.yaml": (1, 1, "deviceMaping", "did you mean `deviceMapping`?"),
-    "variable_collision.yaml": (5, 24, "deviceMapping[0].devices[1].resourceName", "would both set EXAMPLECOM_X_FOO_ID"),
+    "variable_collision.yaml": (
+        5,
+        24,
+        "deviceMapping[0].devices[1].resourceName",
+        "would both set EXAMPLECOM_X_FOO_ID",
+    ),
 }
 
 
@@ -131,7 +266,7 @@ def test_every_error_is_reported_at_once() -> None:
         "  - hosts: [a]\n"
         "    devices:\n"
         "      - {resourceName: widget, instanceID: 1}\n"
-        "      - {resourceName: example.com/w, instanceID: \"x\", env: {ID: 1, OK: yes, B: true}}\n"
+        '      - {resourceName: example.com/w, instanceID: "x", env: {ID: 1, OK: yes, B: true}}\n'
     )
     with pytest.raises(ConfigInvalid) as info:
         load_config(text, "many.yaml")
@@ -142,8 +277,8 @@ def test_every_error_is_reported_at_once() -> None:
 def test_same_device_twice_with_identical_env_is_one_device() -> None:
     text = (
         "deviceMapping:\n"
-        "  - {hosts: [a], devices: [{resourceName: example.com/w, instanceID: \"1\", env: {IP: x}}]}\n"
-        "  - {hosts: [a, b], devices: [{resourceName: example.com/w, instanceID: \"1\", env: {IP: x}}]}\n"
+        '  - {hosts: [a], devices: [{resourceName: example.com/w, instanceID: "1", env: {IP: x}}]}\n'
+        '  - {hosts: [a, b], devices: [{resourceName: example.com/w, instanceID: "1", env: {IP: x}}]}\n'
     )
     config = load_config(text, "dup.yaml")
     assert list(config.for_node("a")["example.com/w"]) == ["1"]
@@ -152,10 +287,17 @@ def test_same_device_twice_with_identical_env_is_one_device() -> None:
 
 @pytest.mark.parametrize(
     ("value", "rendered"),
-    [("5025", "5025"), ("0x1F", "31"), ("0o17", "15"), ("-3", "-3"), ('"007"', "007"), ("yes", "yes")],
+    [
+        ("5025", "5025"),
+        ("0x1F", "31"),
+        ("0o17", "15"),
+        ("-3", "-3"),
+        ('"007"', "007"),
+        ("yes", "yes"),
+    ],
 )
 def test_env_values_render_integers_in_decimal(value: str, rendered: str) -> None:
-    text = f"deviceMapping:\n  - {{hosts: [a], devices: [{{resourceName: e.com/w, instanceID: \"1\", env: {{V: {value}}}}}]}}\n"
+    text = f'deviceMapping:\n  - {{hosts: [a], devices: [{{resourceName: e.com/w, instanceID: "1", env: {{V: {value}}}}}]}}\n'
     device = load_config(text, "v.yaml").for_node("a")["e.com/w"]["1"]
     assert device.env_dict() == {"V": rendered}
 
@@ -167,7 +309,7 @@ def test_large_file_error_is_found_at_its_line() -> None:
         block = [
             f"  - hosts: [node-{i}]",
             "    devices:",
-            f"      - {{resourceName: example.com/r{i % 97}, instanceID: \"{i:06d}\", env: {{IP: 10.0.{i % 250}.{i % 200}}}}}",
+            f'      - {{resourceName: example.com/r{i % 97}, instanceID: "{i:06d}", env: {{IP: 10.0.{i % 250}.{i % 200}}}}}',
         ]
         lines.extend(block)
         size += sum(len(x) + 1 for x in block)

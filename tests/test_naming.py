@@ -49,7 +49,8 @@ def test_long_names_are_shortened_to_fit_the_socket_path_limit() -> None:
     name = "very-long-domain-name.example.com/" + "w" * 63
     assigned = assign_socket_names([name], long_dir)[name]
     assert len(f"{long_dir}/{assigned}".encode()) <= MAX_SOCKET_PATH_BYTES
-    assert assigned.startswith("spookd-") and assigned.endswith(".sock")
+    assert assigned.startswith("spookd-")
+    assert assigned.endswith(".sock")
 
 
 def test_a_plugin_dir_too_long_for_any_socket_is_an_error() -> None:
@@ -76,12 +77,8 @@ def test_distinct_resources_never_share_a_socket(resources: list[str], plugin_di
     st.lists(resource, min_size=1, max_size=10, unique=True),
     st.lists(resource, min_size=1, max_size=10, unique=True),
 )
-def test_existing_sockets_are_kept_and_new_ones_do_not_collide(
-    before: list[str], after: list[str]
-) -> None:
+def test_existing_sockets_are_kept_and_new_ones_do_not_collide(before: list[str], after: list[str]) -> None:
     first = assign_socket_names(before, DIR)
-    second = assign_socket_names(
-        before + after, DIR, existing=first
-    )
+    second = assign_socket_names(before + after, DIR, existing=first)
     assert all(second[r] == first[r] for r in before)
     assert len(set(second.values())) == len(second)

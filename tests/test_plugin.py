@@ -112,7 +112,7 @@ async def test_allocate_injects_the_walkthrough_environment(plugin_dir: Path) ->
 
 async def test_allocate_answers_one_response_per_container(plugin_dir: Path) -> None:
     config = WALKTHROUGH.replace(
-        '{resourceName: example.com/thingamajig, instanceID: A1234}',
+        "{resourceName: example.com/thingamajig, instanceID: A1234}",
         '{resourceName: example.com/widget, instanceID: "0002", env: {IP: b, PORT: 2}}',
     )
     async with running_kubelet(plugin_dir) as kubelet, daemon(plugin_dir) as spookd:
@@ -218,8 +218,9 @@ async def test_deleted_config_withdraws_everything(plugin_dir: Path) -> None:
         await kubelet.wait_for(lambda: len(kubelet.capacity()) == 2)
         await spookd.push(Deleted(source="test.yaml"))
         await kubelet.wait_for(
-            lambda: kubelet.capacity() == {}
-            and sorted(p.name for p in plugin_dir.iterdir()) == ["kubelet.sock"]
+            lambda: (
+                kubelet.capacity() == {} and sorted(p.name for p in plugin_dir.iterdir()) == ["kubelet.sock"]
+            )
         )
         assert not spookd.state.ready()[0]
 
@@ -243,7 +244,7 @@ async def test_deleted_socket_is_recreated_and_reregistered(plugin_dir: Path) ->
         registered = len(kubelet.registrations)
         (plugin_dir / "spookd-examplecom_widget.sock").unlink()
         await kubelet.wait_for(lambda: len(kubelet.registrations) > registered, timeout=2)
-        await kubelet.wait_for(lambda: (plugin_dir / "spookd-examplecom_widget.sock").is_socket())
+        await kubelet.wait_for((plugin_dir / "spookd-examplecom_widget.sock").is_socket)
         await kubelet.wait_for(lambda: kubelet.plugins["example.com/widget"].streaming)
 
 
@@ -254,8 +255,9 @@ async def test_lost_stream_triggers_reregistration(plugin_dir: Path) -> None:
         registered = [r.resource_name for r in kubelet.registrations]
         kubelet.drop_stream("example.com/widget")
         await kubelet.wait_for(
-            lambda: [r.resource_name for r in kubelet.registrations][len(registered):]
-            == ["example.com/widget"],
+            lambda: (
+                [r.resource_name for r in kubelet.registrations][len(registered) :] == ["example.com/widget"]
+            ),
             timeout=3,
         )
         await kubelet.wait_for(lambda: kubelet.plugins["example.com/widget"].streaming)
@@ -282,15 +284,18 @@ async def test_several_streams_each_get_every_snapshot(plugin_dir: Path) -> None
             async for response in stub.list_and_watch(api.Empty()):
                 seen[index].append([d.id for d in response.devices])
 
-        async with kubelet.plugin("example.com/widget") as one, kubelet.plugin("example.com/widget") as two:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watch, 0, one)
-                tg.start_soon(watch, 1, two)
-                await kubelet.wait_for(lambda: all(seen))
-                more = WALKTHROUGH + '      - {resourceName: example.com/widget, instanceID: "0000"}\n'
-                await spookd.push(accepted(more))
-                await kubelet.wait_for(lambda: all(len(s) == 2 for s in seen))
-                tg.cancel_scope.cancel()
+        async with (
+            kubelet.plugin("example.com/widget") as one,
+            kubelet.plugin("example.com/widget") as two,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(watch, 0, one)
+            tg.start_soon(watch, 1, two)
+            await kubelet.wait_for(lambda: all(seen))
+            more = WALKTHROUGH + '      - {resourceName: example.com/widget, instanceID: "0000"}\n'
+            await spookd.push(accepted(more))
+            await kubelet.wait_for(lambda: all(len(s) == 2 for s in seen))
+            tg.cancel_scope.cancel()
         assert seen[0] == seen[1] == [["0001"], ["0000", "0001"]]
 
 
@@ -303,7 +308,8 @@ async def test_streams_end_cleanly_when_servers_stop(plugin_dir: Path) -> None:
                 await kubelet.wait_for(lambda: len(kubelet.capacity()) == 2)
             await kubelet.wait_for(lambda: not any(v.streaming for v in kubelet.plugins.values()))
         gc.collect()
-    assert sorted(p.name for p in plugin_dir.iterdir()) == []
+    assert not await anyio.Path(plugin_dir / "spookd-examplecom_widget.sock").exists()
+    assert sorted(p.name for p in plugin_dir.iterdir()) == []  # noqa: ASYNC240 - a test's own tmp dir
 
 
 async def test_stale_and_foreign_files_in_the_socket_place_are_replaced(plugin_dir: Path) -> None:

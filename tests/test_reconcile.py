@@ -50,7 +50,11 @@ def test_actions_per_kind_of_change() -> None:
         StartResource("e.com/new", (Device("e.com/new", "9"),)),
         UpdateResource("e.com/widget", (Device("e.com/widget", "1", (("IP", "b"),)),)),
     ]
-    assert summary(actions) == {"added": ["e.com/new"], "changed": ["e.com/widget"], "removed": ["e.com/old"]}
+    assert summary(actions) == {
+        "added": ["e.com/new"],
+        "changed": ["e.com/widget"],
+        "removed": ["e.com/old"],
+    }
 
 
 def test_unchanged_resource_yields_no_action() -> None:

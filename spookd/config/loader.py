@@ -208,7 +208,11 @@ class _Validator:
 
     def _top(self, root: Node) -> list[DeviceMapping]:
         if not isinstance(root, MappingNode):
-            self.error("", root, f"the configuration must be a mapping with the key `deviceMapping`, got {_describe(root)}")
+            self.error(
+                "",
+                root,
+                f"the configuration must be a mapping with the key `deviceMapping`, got {_describe(root)}",
+            )
             return []
         keys = self._keys("", root, _TOP_KEYS, _TOP_KEYS)
         node = keys.get("deviceMapping")
@@ -238,7 +242,11 @@ class _Validator:
                         devices.append(device)
             else:
                 hint = "; write `devices: []` for none" if _tag(devices_node).endswith("null") else ""
-                self.error(f"{path}.devices", devices_node, f"expected a list of devices, got {_describe(devices_node)}{hint}")
+                self.error(
+                    f"{path}.devices",
+                    devices_node,
+                    f"expected a list of devices, got {_describe(devices_node)}{hint}",
+                )
         return DeviceMapping(hosts=tuple(hosts), devices=tuple(devices))
 
     def _hosts(self, path: str, node: Node) -> list[str]:
@@ -255,14 +263,22 @@ class _Validator:
                 continue
             host = item.value.lower()
             if len(host) > _MAX_DNS_SUBDOMAIN or not _DNS_SUBDOMAIN.fullmatch(host):
-                self.error(sub, item, f"`{item.value}` is not a valid node name (a DNS subdomain such as `lab1-host1`)")
+                self.error(
+                    sub,
+                    item,
+                    f"`{item.value}` is not a valid node name (a DNS subdomain such as `lab1-host1`)",
+                )
                 continue
             hosts.append(host)
         return hosts
 
     def _device(self, path: str, node: Node) -> Device | None:
         if not isinstance(node, MappingNode):
-            self.error(path, node, f"expected a device mapping with `resourceName` and `instanceID`, got {_describe(node)}")
+            self.error(
+                path,
+                node,
+                f"expected a device mapping with `resourceName` and `instanceID`, got {_describe(node)}",
+            )
             return None
         keys = self._keys(path, node, _DEVICE_KEYS, ("resourceName", "instanceID"))
         resource = self._resource_name(f"{path}.resourceName", keys.get("resourceName"))
@@ -294,7 +310,7 @@ class _Validator:
         if node is None:
             return None
         if not isinstance(node, ScalarNode) or _tag(node) != _STR:
-            hint = f"; quote it: \"{node.value}\"" if isinstance(node, ScalarNode) else ""
+            hint = f'; quote it: "{node.value}"' if isinstance(node, ScalarNode) else ""
             self.error(path, node, f"{what} must be a string, got {_describe(node)}{hint}")
             return None
         return str(node.value)
@@ -317,21 +333,29 @@ class _Validator:
                 path,
                 node,
                 f"instanceID is an unquoted number ({node.value} would lose its exact spelling); "
-                f"quote it: instanceID: \"{node.value}\"",
+                f'quote it: instanceID: "{node.value}"',
             )
             return None
         value = self._string(path, node, "instanceID")
         if value is None:
             return None
         if not value:
-            self.error(path, node, "instanceID is empty; give each device a non-empty ID such as \"0001\"")
+            self.error(path, node, 'instanceID is empty; give each device a non-empty ID such as "0001"')
             return None
         if len(value) > _MAX_ID:
-            self.error(path, node, f"instanceID is {len(value)} characters long; the kubelet allows at most {_MAX_ID}")
+            self.error(
+                path,
+                node,
+                f"instanceID is {len(value)} characters long; the kubelet allows at most {_MAX_ID}",
+            )
             return None
         if not _INSTANCE_ID.fullmatch(value):
             bad = sorted({c for c in value if not _INSTANCE_ID.fullmatch(c)})
-            self.error(path, node, f"instanceID `{value}` contains {''.join(bad)!r}; use only letters, digits, `.`, `_` and `-`")
+            self.error(
+                path,
+                node,
+                f"instanceID `{value}` contains {''.join(bad)!r}; use only letters, digits, `.`, `_` and `-`",
+            )
             return None
         return value
 
@@ -347,7 +371,11 @@ class _Validator:
             key = key_node.value if isinstance(key_node, ScalarNode) else None
             sub = f"{path}.{key}"
             if not isinstance(key_node, ScalarNode) or _tag(key_node) != _STR:
-                self.error(sub, key_node, f"env names must be strings matching [A-Za-z_][A-Za-z0-9_]*, got {_describe(key_node)}")
+                self.error(
+                    sub,
+                    key_node,
+                    f"env names must be strings matching [A-Za-z_][A-Za-z0-9_]*, got {_describe(key_node)}",
+                )
                 ok = False
                 continue
             if not _ENV_KEY.fullmatch(key_node.value):
@@ -379,12 +407,21 @@ class _Validator:
             tag = _tag(node)
             if tag == _STR:
                 if "\x00" in node.value:
-                    self.error(path, node, "env value contains a NUL character, which no environment variable can hold")
+                    self.error(
+                        path,
+                        node,
+                        "env value contains a NUL character, which no environment variable can hold",
+                    )
                     return None
                 return str(node.value)
             if tag == _INT:
                 return str(_parse_int(node.value))
-            self.error(path, node, f"env value `{node.value}` is {_describe(node)}; quote it if you mean the text: \"{node.value}\"")
+            self.error(
+                path,
+                node,
+                f"env value `{node.value}` is {_describe(node)}; "
+                f'quote it if you mean the text: "{node.value}"',
+            )
             return None
         self.error(path, node, f"env value must be a string or an integer, got {_describe(node)}")
         return None
@@ -452,7 +489,11 @@ def extended_resource_name_problem(name: str) -> str | None:
     domain, _, short = name.partition("/")
     if "/" in short:
         return "it may contain only one `/`, like `example.com/widget`"
-    if not domain or len(_REQUESTS_PREFIX + domain) > _MAX_DNS_SUBDOMAIN or not _DNS_SUBDOMAIN.fullmatch(domain):
+    if (
+        not domain
+        or len(_REQUESTS_PREFIX + domain) > _MAX_DNS_SUBDOMAIN
+        or not _DNS_SUBDOMAIN.fullmatch(domain)
+    ):
         return f"the domain `{domain}` must be a lower-case DNS subdomain, like `example.com`"
     if not short or len(short) > _MAX_NAME or not _QUALIFIED_NAME.fullmatch(short):
         return (
@@ -460,5 +501,3 @@ def extended_resource_name_problem(name: str) -> str | None:
             "`-`, `_` and `.`, starting and ending with a letter or digit"
         )
     return None
-
-

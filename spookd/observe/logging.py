@@ -40,7 +40,10 @@ def _text_format(record: Any) -> str:
     extra = record["extra"]
     pairs = " ".join(f"{k}={v}" for k, v in extra.items() if k != "_text")
     extra["_text"] = f" {pairs}" if pairs else ""
-    return "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}<dim>{extra[_text]}</dim>\n{exception}"
+    return (
+        "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+        "{message}<dim>{extra[_text]}</dim>\n{exception}"
+    )
 
 
 class _InterceptHandler(logging.Handler):

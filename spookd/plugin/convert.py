@@ -10,9 +10,7 @@ from spookd.config.model import HEALTHY
 API_VERSION = "v1beta1"
 
 #: What every Spookd plugin tells the kubelet in Register and GetDevicePluginOptions.
-PLUGIN_OPTIONS = api.DevicePluginOptions(
-    pre_start_required=False, get_preferred_allocation_available=True
-)
+PLUGIN_OPTIONS = api.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
 
 
 def snapshot(health: Mapping[str, str]) -> api.ListAndWatchResponse:

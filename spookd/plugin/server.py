@@ -15,7 +15,7 @@ import errno
 import random
 import stat
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,7 @@ class DevicePluginService(api.DevicePluginBase):
                 version, encoded = item
                 await stream.send_message(encoded)  # type: ignore[arg-type]
                 watcher.sent_version = version
+                self._server.progress()
         finally:
             self._server.unsubscribe(watcher)
 
@@ -178,6 +179,7 @@ class ResourceServer:
         self._bound_inode: int | None = None
         self._registered_kubelet_inode: int | None = None
         self._closing = False
+        self._progress = asyncio.Event()
         self.update(devices)
 
     # -- state -----------------------------------------------------------
@@ -248,9 +250,20 @@ class ResourceServer:
         self._stream_lost = False
         return watcher
 
+    def progress(self) -> None:
+        """A stream sent a snapshot or ended: wake whoever waits for the streams."""
+        self._progress.set()
+
+    async def _wait_streams(self, done: Callable[[], bool]) -> None:
+        with anyio.move_on_after(FLUSH_TIMEOUT):
+            while not done():
+                self._progress.clear()
+                await self._progress.wait()
+
     def unsubscribe(self, watcher: _Watcher) -> None:
         """A stream ended; if it was the last one, the run loop checks back."""
         self._watchers.discard(watcher)
+        self.progress()
         if not self._watchers and not self._closing:
             self._stream_lost = True
             self._wake.set()
@@ -282,11 +295,7 @@ class ResourceServer:
         await self._flush()
 
     async def _flush(self) -> None:
-        deadline = time.monotonic() + FLUSH_TIMEOUT
-        while time.monotonic() < deadline and any(
-            w.sent_version < self._version for w in self._watchers
-        ):
-            await asyncio.sleep(0.01)
+        await self._wait_streams(lambda: all(w.sent_version >= self._version for w in self._watchers))
 
     # -- lifecycle -------------------------------------------------------
 
@@ -342,9 +351,7 @@ class ResourceServer:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(mode):
-            raise OSError(
-                errno.EISDIR, f"{self.socket_path} is a directory; remove it so Spookd can bind"
-            )
+            raise OSError(errno.EISDIR, f"{self.socket_path} is a directory; remove it so Spookd can bind")
         if not stat.S_ISSOCK(mode):
             logger.warning(
                 "removing a non-socket file in the place of the plugin socket",
@@ -357,9 +364,7 @@ class ResourceServer:
         self.registered = False
         for watcher in self._watchers:
             watcher.offer(None)
-        with anyio.move_on_after(FLUSH_TIMEOUT):
-            while self._watchers:
-                await asyncio.sleep(0.01)
+        await self._wait_streams(lambda: not self._watchers)
         server.close()
         with anyio.move_on_after(FLUSH_TIMEOUT):
             await server.wait_closed()
@@ -389,7 +394,7 @@ class ResourceServer:
             self._stream_lost = False
             try:
                 await self._register()
-            except (OSError, GRPCError, StreamTerminatedError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, GRPCError, StreamTerminatedError) as exc:
                 attempt += 1
                 metrics.REGISTRATIONS.labels(self.resource_name, "failed").inc()
                 log = logger.warning if attempt in (1, 10) or attempt % 100 == 0 else logger.debug
@@ -424,9 +429,7 @@ class ResourceServer:
             if self._rebind_reason:
                 raise _Rebind(self._rebind_reason)
             if self._reregister_reason:
-                logger.info(
-                    "re-registering", resource=self.resource_name, reason=self._reregister_reason
-                )
+                logger.info("re-registering", resource=self.resource_name, reason=self._reregister_reason)
                 await self._register_until_done()
                 continue
             if self._stream_lost:

@@ -23,9 +23,7 @@ def _inode(path: Path) -> int | None:
         return None
 
 
-async def watch_plugin_dir(
-    plugin_dir: Path, servers: Callable[[], Iterable[ResourceServer]]
-) -> None:
+async def watch_plugin_dir(plugin_dir: Path, servers: Callable[[], Iterable[ResourceServer]]) -> None:
     """Tell every server to check its files whenever the plugin directory changes."""
     kubelet = plugin_dir / KUBELET_SOCKET
     seen = _inode(kubelet)
@@ -42,9 +40,10 @@ async def watch_plugin_dir(
             server.check_files()
 
     while True:
-        if not plugin_dir.is_dir():
+        if not await anyio.Path(plugin_dir).is_dir():
             logger.warning("plugin directory {dir} does not exist; waiting for it", dir=str(plugin_dir))
-            while not plugin_dir.is_dir():
+            # inotify cannot watch a directory that does not exist: time is all there is to wait on
+            while not await anyio.Path(plugin_dir).is_dir():  # noqa: ASYNC110
                 await anyio.sleep(SAFETY_POLL_MS / 1000)
         try:
             async for _ in awatch(

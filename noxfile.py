@@ -1,0 +1,56 @@
+"""Every project task: `nox -l` lists them; `nox` runs lint, typecheck and tests."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite, including the real kubelet device manager and kube-apiserver (built from Go)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check; the import layers of STYLE.md."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", "spookd", "tests", "noxfile.py", "proto")
+    session.run("ruff", "format", "--check", "spookd", "tests", "noxfile.py", "proto")
+    session.run("lint-imports")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package and the tests."""
+    session.install("-e", ".[lint,test]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def proto(session: nox.Session) -> None:
+    """Regenerate spookd/_proto from proto/ (betterproto2, async client and server)."""
+    session.install(".[proto]")
+    session.run("python", "proto/generate.py")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Spookd on the walkthrough config against a kubelet; prints resources and an allocation."""
+    session.install("-e", ".[test]")
+    session.run("python", "tests/demo.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fmt(session: nox.Session) -> None:
+    """Format and fix what ruff can fix."""
+    session.install("ruff==0.17.6")
+    session.run("ruff", "format", "spookd", "tests", "noxfile.py", "proto")
+    session.run("ruff", "check", "--fix", "spookd", "tests", "noxfile.py", "proto")
