@@ -47,9 +47,8 @@ def harness(
 
 
 @pytest.fixture
-def plugins(
-    plugin_dir: pathlib.Path, binaries: tuple[pathlib.Path, pathlib.Path], tmp_path: pathlib.Path
-) -> Iterator[list[GoPlugin]]:
+def plugins() -> Iterator[list[GoPlugin]]:
+    """Go plugins started by a test; stopped afterwards."""
     started: list[GoPlugin] = []
     yield started
     for p in started:
@@ -82,9 +81,7 @@ def widget3(
     return p
 
 
-def test_ready_and_kubelet_socket_in_plugin_dir(
-    harness: NodeHarness, plugin_dir: pathlib.Path
-) -> None:
+def test_ready_and_kubelet_socket_in_plugin_dir(harness: NodeHarness, plugin_dir: pathlib.Path) -> None:
     assert harness.ready_info["socket"] == "/var/lib/kubelet/device-plugins/kubelet.sock"
     assert (plugin_dir / "kubelet.sock").is_socket()
     assert harness.resources().resources == {}
@@ -144,12 +141,7 @@ def test_admit_beyond_capacity_fails(harness: NodeHarness, widget3: GoPlugin) ->
 
 
 def test_remove_frees_devices(harness: NodeHarness, widget3: GoPlugin) -> None:
-    ids = (
-        harness.admit("uid-a", {"c0": {WIDGET: 3}})
-        .raise_for_error()
-        .container("c0")
-        .devices[WIDGET]
-    )
+    ids = harness.admit("uid-a", {"c0": {WIDGET: 3}}).raise_for_error().container("c0").devices[WIDGET]
     assert not harness.admit("uid-b", {"c0": {WIDGET: 1}}).ok
     assert harness.remove("uid-a") == {WIDGET: ids}
     assert harness.resources()[WIDGET].allocated == []
@@ -172,12 +164,8 @@ def test_concurrent_registration_of_two_plugins(
     tmp_path: pathlib.Path,
 ) -> None:
     # Both processes start at once; the manager dials back to each during Register.
-    a = GoPlugin(
-        plugin_dir, "example.com/a", 2, socket="a.sock", binary=binaries[1], log_dir=tmp_path
-    )
-    b = GoPlugin(
-        plugin_dir, "example.com/b", 5, socket="b.sock", binary=binaries[1], log_dir=tmp_path
-    )
+    a = GoPlugin(plugin_dir, "example.com/a", 2, socket="a.sock", binary=binaries[1], log_dir=tmp_path)
+    b = GoPlugin(plugin_dir, "example.com/b", 5, socket="b.sock", binary=binaries[1], log_dir=tmp_path)
     plugins.extend([a, b])
 
     errors: list[BaseException] = []
@@ -194,13 +182,9 @@ def test_concurrent_registration_of_two_plugins(
     for t in threads:
         t.join()
     assert not errors
-    res = harness.wait_for(
-        lambda r: r.capacity("example.com/a") == 2 and r.capacity("example.com/b") == 5
-    )
+    res = harness.wait_for(lambda r: r.capacity("example.com/a") == 2 and r.capacity("example.com/b") == 5)
     assert res.registered == ["example.com/a", "example.com/b"]
-    pod = harness.admit(
-        "uid-ab", {"c0": {"example.com/a": 1, "example.com/b": 2}}
-    ).raise_for_error()
+    pod = harness.admit("uid-ab", {"c0": {"example.com/a": 1, "example.com/b": 2}}).raise_for_error()
     assert {k: len(v) for k, v in pod.container("c0").devices.items()} == {
         "example.com/a": 1,
         "example.com/b": 2,
@@ -223,10 +207,7 @@ def test_preferred_allocation_is_used(
     # The manager calls GetPreferredAllocation inside Allocate; the plugin prefers the
     # lowest-sorted IDs, so allocations come out in order.
     got = [
-        harness.admit(f"uid-{i}", {"c0": {WIDGET: 1}})
-        .raise_for_error()
-        .container("c0")
-        .devices[WIDGET]
+        harness.admit(f"uid-{i}", {"c0": {WIDGET: 1}}).raise_for_error().container("c0").devices[WIDGET]
         for i in range(3)
     ]
     assert got == [["dev-0"], ["dev-1"], ["dev-2"]]
@@ -245,21 +226,13 @@ def test_plugin_exit_marks_devices_unhealthy(
     assert w.unhealthy == ["dev-0", "dev-1", "dev-2"]
     res2 = harness.admit("uid-a", {"c0": {WIDGET: 1}})
     assert not res2.ok
-    assert (
-        res2.error
-        == "no healthy devices present; cannot allocate unhealthy devices example.com/widget"
-    )
+    assert res2.error == "no healthy devices present; cannot allocate unhealthy devices example.com/widget"
 
 
 def test_restart_deletes_sockets_and_checkpoint_keeps_allocation(
     harness: NodeHarness, widget3: GoPlugin, plugin_dir: pathlib.Path
 ) -> None:
-    ids = (
-        harness.admit("uid-a", {"c0": {WIDGET: 1}})
-        .raise_for_error()
-        .container("c0")
-        .devices[WIDGET]
-    )
+    ids = harness.admit("uid-a", {"c0": {WIDGET: 1}}).raise_for_error().container("c0").devices[WIDGET]
     cp = harness.checkpoint()
     assert cp is not None
     entries = cp["Data"]["PodDeviceEntries"]
@@ -285,26 +258,19 @@ def test_restart_deletes_sockets_and_checkpoint_keeps_allocation(
 
     # The stub's Watch loop sees the new kubelet.sock, waits its fixed 10 s poll
     # interval, restarts its server and re-registers.
-    res = harness.wait_for(
-        lambda r: r[WIDGET].registered and r.allocatable(WIDGET) == 3, timeout=30
-    )
+    res = harness.wait_for(lambda r: r[WIDGET].registered and r.allocatable(WIDGET) == 3, timeout=30)
     assert (plugin_dir / "goplugin.sock").is_socket()
     assert res[WIDGET].allocated == ids
     # The checkpointed allocation still blocks its device.
     over = harness.admit("uid-b", {"c0": {WIDGET: 3}})
-    assert (
-        over.error
-        == f"requested number of devices unavailable for {WIDGET}. Requested: 3, Available: 2"
-    )
+    assert over.error == f"requested number of devices unavailable for {WIDGET}. Requested: 3, Available: 2"
     # Re-admitting the same pod (what a restarted kubelet does) keeps its devices.
     again = harness.admit("uid-a", {"c0": {WIDGET: 1}}).raise_for_error()
     assert again.container("c0").devices[WIDGET] == ids
     assert harness.remove("uid-a") == {WIDGET: ids}
 
 
-def test_restart_forgets_allocations_of_removed_pods(
-    harness: NodeHarness, widget3: GoPlugin
-) -> None:
+def test_restart_forgets_allocations_of_removed_pods(harness: NodeHarness, widget3: GoPlugin) -> None:
     harness.admit("uid-a", {"c0": {WIDGET: 2}}).raise_for_error()
     harness.remove("uid-a")
     # UpdateAllocatedDevices does not rewrite the checkpoint, so the removed pod is still

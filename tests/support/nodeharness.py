@@ -60,10 +60,7 @@ __all__ = [
 KUBELET_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 
 _NS_SCRIPT = (
-    'd="$1"; shift; '
-    f"mkdir -p {KUBELET_PLUGIN_DIR} && "
-    f'mount --bind "$d" {KUBELET_PLUGIN_DIR} && '
-    'exec "$@"'
+    f'd="$1"; shift; mkdir -p {KUBELET_PLUGIN_DIR} && mount --bind "$d" {KUBELET_PLUGIN_DIR} && exec "$@"'
 )
 
 _EOF = object()
@@ -196,9 +193,7 @@ class ContainerAllocation:
                 DeviceNode(str(d["container_path"]), str(d["host_path"]), str(d["permissions"]))
                 for d in cast(list[dict[str, Any]], raw["device_nodes"])
             ],
-            annotations={
-                str(k): str(v) for k, v in cast(dict[str, Any], raw["annotations"]).items()
-            },
+            annotations={str(k): str(v) for k, v in cast(dict[str, Any], raw["annotations"]).items()},
             cdi_devices=[str(x) for x in cast(list[Any], raw["cdi_devices"])],
         )
 
@@ -226,9 +221,7 @@ class AdmitResult:
 
     def raise_for_error(self) -> AdmitResult:
         if not self.ok:
-            raise HarnessError(
-                f"admission of pod {self.pod!r} failed at {self.stage}: {self.error}"
-            )
+            raise HarnessError(f"admission of pod {self.pod!r} failed at {self.stage}: {self.error}")
         return self
 
 
@@ -249,9 +242,7 @@ def _parse_pods(raw: Mapping[str, Any]) -> PodDevices:
     for uid, pod in raw.items():
         containers = cast(dict[str, Any], cast(dict[str, Any], pod)["containers"])
         out[str(uid)] = {
-            str(c): {
-                str(r): [str(i) for i in ids] for r, ids in cast(dict[str, list[Any]], devs).items()
-            }
+            str(c): {str(r): [str(i) for i in ids] for r, ids in cast(dict[str, list[Any]], devs).items()}
             for c, devs in containers.items()
         }
     return out
@@ -323,9 +314,7 @@ class NodeHarness:
             text=True,
             bufsize=1,
         )
-        self._reader = threading.Thread(
-            target=self._read_stdout, name="nodeharness-stdout", daemon=True
-        )
+        self._reader = threading.Thread(target=self._read_stdout, name="nodeharness-stdout", daemon=True)
         self._reader.start()
         try:
             first = self._next_line(timeout, "waiting for the ready line")
@@ -334,9 +323,7 @@ class NodeHarness:
             raise
         if not first.get("ready"):
             self._kill()
-            raise HarnessError(
-                f"unexpected first line from nodeharness: {first!r}\n{self._stderr_tail()}"
-            )
+            raise HarnessError(f"unexpected first line from nodeharness: {first!r}\n{self._stderr_tail()}")
         self.start_seconds = time.monotonic() - started
         self.ready_info = first
 
@@ -397,12 +384,8 @@ class NodeHarness:
                 proc.stdin.write(json.dumps(req) + "\n")
                 proc.stdin.flush()
             except (BrokenPipeError, ValueError) as e:
-                raise HarnessError(
-                    f"harness is gone ({e}); exit={proc.poll()}\n{self._stderr_tail()}"
-                ) from e
-            return self._next_line(
-                self.request_timeout if timeout is None else timeout, f"reply to {req!r}"
-            )
+                raise HarnessError(f"harness is gone ({e}); exit={proc.poll()}\n{self._stderr_tail()}") from e
+            return self._next_line(self.request_timeout if timeout is None else timeout, f"reply to {req!r}")
 
     def _checked(self, req: Mapping[str, Any], timeout: float | None = None) -> dict[str, Any]:
         reply = self.request(req, timeout)
@@ -416,8 +399,7 @@ class NodeHarness:
         raw = cast(dict[str, Any], r["resources"])
         return Resources(
             resources={
-                str(k): ResourceState.from_json(str(k), cast(dict[str, Any], v))
-                for k, v in raw.items()
+                str(k): ResourceState.from_json(str(k), cast(dict[str, Any], v)) for k, v in raw.items()
             },
             registered=[str(x) for x in cast(list[Any], r["registered"])],
             deleted=[str(x) for x in cast(list[Any], r["deleted"])],
@@ -463,8 +445,7 @@ class NodeHarness:
                 ok=True,
                 pod=pod,
                 containers=[
-                    ContainerAllocation.from_json(c)
-                    for c in cast(list[dict[str, Any]], reply["containers"])
+                    ContainerAllocation.from_json(c) for c in cast(list[dict[str, Any]], reply["containers"])
                 ],
             )
         if "stage" not in reply:  # a malformed request, not a refusal
@@ -483,9 +464,7 @@ class NodeHarness:
 
         Returns resource -> device IDs that were freed."""
         r = self._checked({"op": "remove", "pod": pod})
-        return {
-            str(k): [str(i) for i in v] for k, v in cast(dict[str, list[Any]], r["freed"]).items()
-        }
+        return {str(k): [str(i) for i in v] for k, v in cast(dict[str, list[Any]], r["freed"]).items()}
 
     def pods(self) -> PodDevices:
         """Device assignment (GetDevices) of every active pod."""
@@ -515,8 +494,7 @@ class NodeHarness:
                 return snap
             if time.monotonic() >= deadline:
                 raise HarnessError(
-                    f"condition not met within {timeout}s; last resources: {snap!r}\n"
-                    + self._stderr_tail()
+                    f"condition not met within {timeout}s; last resources: {snap!r}\n" + self._stderr_tail()
                 )
             time.sleep(interval)
 
@@ -545,9 +523,7 @@ class NodeHarness:
             ) from None
         if item is _EOF:
             code = self.proc.wait(timeout=5) if self.proc is not None else None
-            raise HarnessError(
-                f"nodeharness exited (code {code}) while {what}\n{self._stderr_tail()}"
-            )
+            raise HarnessError(f"nodeharness exited (code {code}) while {what}\n{self._stderr_tail()}")
         try:
             return cast(dict[str, Any], json.loads(cast(str, item)))
         except json.JSONDecodeError as e:
