@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any, Self, cast
 
-from . import gobuild
+from support import gobuild
 
 __all__ = [
     "KUBELET_PLUGIN_DIR",
