@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 from loguru import logger
@@ -24,25 +25,33 @@ from spookd.naming import assign_socket_names
 from spookd.observe import metrics
 from spookd.plugin.server import ResourceServer
 from spookd.plugin.watch import watch_plugin_dir
-from spookd.sources import Accepted, Deleted, Rejected, SourceEvent
+from spookd.sources import Accepted, Deleted, EventSink, Rejected, SourceEvent
 
 SHUTDOWN_TIMEOUT = 4.0
 
 DesiredState = dict[str, dict[str, Device]]
 
 
+@dataclass(frozen=True)
+class Submission:
+    """A desired state and the configuration event it came from."""
+
+    desired: DesiredState
+    event: Accepted | Deleted
+
+
 class Latest:
     """A one-slot mailbox: ``put`` replaces what is waiting, so only the newest wins."""
 
     def __init__(self) -> None:
-        self._value: DesiredState | None = None
+        self._value: Submission | None = None
         self._ready = asyncio.Event()
 
-    def put(self, value: DesiredState) -> None:
+    def put(self, value: Submission) -> None:
         self._value = value
         self._ready.set()
 
-    async def get(self) -> DesiredState:
+    async def get(self) -> Submission:
         await self._ready.wait()
         self._ready.clear()
         value, self._value = self._value, None
@@ -60,9 +69,12 @@ class _Running:
 class Reconciler:
     """Owns the running servers; applies each desired state through the pure diff."""
 
-    def __init__(self, plugin_dir: Path, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self, plugin_dir: Path, task_group: anyio.abc.TaskGroup, events: EventSink | None = None
+    ) -> None:
         self.plugin_dir = plugin_dir
         self._tg = task_group
+        self._events = events
         self._running: dict[str, _Running] = {}
         self.mailbox = Latest()
         self.applied = 0
@@ -78,8 +90,14 @@ class Reconciler:
     async def run(self) -> None:
         """Apply the newest desired state, forever; states that arrive meanwhile coalesce."""
         while True:
-            desired = await self.mailbox.get()
-            await self.apply(desired)
+            submission = await self.mailbox.get()
+            actions = await self.apply(submission.desired)
+            if self._events is None:
+                continue
+            if isinstance(submission.event, Deleted):
+                self._tg.start_soon(self._events.deleted, submission.event)
+            elif actions:
+                self._tg.start_soon(self._events.applied, submission.event, reconcile.summary(actions))
 
     async def apply(self, desired: DesiredState) -> list[reconcile.Action]:
         """Make the running servers match ``desired``; return what was done."""
@@ -160,27 +178,35 @@ async def run(
     source: AsyncIterator[SourceEvent],
     node_name: str,
     plugin_dir: Path,
+    *,
     state: AppState | None = None,
-    extra_tasks: list[Callable[[AppState], Awaitable[None]]] | None = None,
+    extra_tasks: list[Callable[[AppState], Coroutine[Any, Any, None]]] | None = None,
+    events: EventSink | None = None,
 ) -> None:
     """Serve the node's devices from ``source`` until SIGTERM/SIGINT."""
     state = state or AppState(node_name=node_name)
     logger.info("starting", node=node_name, plugin_dir=str(plugin_dir))
     async with anyio.create_task_group() as tg:
-        reconciler = Reconciler(plugin_dir, tg)
+        reconciler = Reconciler(plugin_dir, tg, events)
         state.reconciler = reconciler
         tg.start_soon(_stop_on_signal, tg.cancel_scope)
         tg.start_soon(watch_plugin_dir, plugin_dir, reconciler.servers)
         tg.start_soon(reconciler.run)
         for task in extra_tasks or []:
             tg.start_soon(task, state)
-        await _consume(source, node_name, state, reconciler)
+        await _consume(source, node_name=node_name, state=state, reconciler=reconciler, events=events, tg=tg)
         # A source that ends (tests, one-shot runs) leaves the servers serving.
         await anyio.sleep_forever()
 
 
 async def _consume(
-    source: AsyncIterator[SourceEvent], node_name: str, state: AppState, reconciler: Reconciler
+    source: AsyncIterator[SourceEvent],
+    *,
+    node_name: str,
+    state: AppState,
+    reconciler: Reconciler,
+    events: EventSink | None,
+    tg: anyio.abc.TaskGroup,
 ) -> None:
     async for event in source:
         if isinstance(event, Accepted):
@@ -194,7 +220,7 @@ async def _consume(
                 resources=len(desired),
                 devices=sum(len(d) for d in desired.values()),
             )
-            reconciler.mailbox.put(desired)
+            reconciler.mailbox.put(Submission(desired, event))
         elif isinstance(event, Rejected):
             metrics.CONFIG_RELOADS.labels("rejected").inc()
             logger.error(
@@ -203,11 +229,13 @@ async def _consume(
                 errors="\n".join(str(e) for e in event.errors),
                 source=event.source,
             )
+            if events is not None:
+                tg.start_soon(events.rejected, event)
         elif isinstance(event, Deleted):
             metrics.CONFIG_RELOADS.labels("deleted").inc()
             logger.warning("configuration deleted: withdrawing every resource", source=event.source)
             state.config_loaded = False
-            reconciler.mailbox.put({})
+            reconciler.mailbox.put(Submission({}, event))
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:

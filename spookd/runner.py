@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import anyio
 from loguru import logger
 
 from spookd.app import AppState, run
-from spookd.sources import SourceEvent
+from spookd.sources import EventSink, SourceEvent
 
 
 def run_daemon(
@@ -24,7 +25,7 @@ def run_daemon(
 ) -> None:
     """Run until SIGTERM/SIGINT, on uvloop where it is installed."""
     state = AppState(node_name=node_name)
-    extra: list[Callable[[AppState], Awaitable[None]]] = []
+    extra: list[Callable[[AppState], Coroutine[Any, Any, None]]] = []
     if http_addr is not None:
         from spookd.observe.http import serve_http
 
@@ -33,18 +34,25 @@ def run_daemon(
 
     async def main() -> None:
         source: AsyncIterator[SourceEvent]
+        events: EventSink | None = None
         if config is not None:
             from spookd.sources.file import watch_file
 
             source = watch_file(config)
         else:
             assert configmap is not None
-            from spookd.sources.configmap import watch_configmap
+            from spookd.sources.configmap import KubeEvents, connect, watch_configmap
 
             namespace, name = configmap.split("/")
-            source = watch_configmap(namespace, name, configmap_key)
-        await run(source, node_name, plugin_dir, state=state, extra_tasks=extra)
+            api = await connect()
+            source = watch_configmap(namespace, name, configmap_key, api)
+            events = KubeEvents(api, node_name)
+        await run(source, node_name, plugin_dir, state=state, extra_tasks=extra, events=events)
 
     use_uvloop = importlib.util.find_spec("uvloop") is not None
     logger.debug("event loop", uvloop=use_uvloop)
-    anyio.run(main, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+    try:
+        anyio.run(main, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+    except ConnectionError as exc:
+        logger.error("{error}", error=str(exc))
+        raise SystemExit(1) from None

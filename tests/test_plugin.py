@@ -7,6 +7,7 @@ the protocol details fast to check.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import warnings
 from collections.abc import AsyncIterator
@@ -60,7 +61,7 @@ async def daemon(plugin_dir: Path, node: str = "minikube") -> AsyncIterator[Daem
 
     state = AppState(node_name=node)
     async with send, anyio.create_task_group() as tg:
-        tg.start_soon(run, source(), node, plugin_dir, state)
+        tg.start_soon(functools.partial(run, source(), node, plugin_dir, state=state))
         try:
             yield Daemon(send, state)
         finally:

@@ -8,7 +8,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.resolver import VersionedResolver
 
 try:
-    from ruamel.yaml.cyaml import CParser
+    from ruamel.yaml.cyaml import CParser  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - only without ruamel.yaml.clib
     CParser = None
 
@@ -48,7 +48,7 @@ class _CComposer(CParser):  # type: ignore[misc]
             if implicit[0]:
                 for tag, regexp in _IMPLICIT.get(value[:1], _ANY_FIRST):
                     if regexp.match(value):
-                        return tag
+                        return str(tag)
             return _STR
         if kind is SequenceNode:
             return _SEQ

@@ -59,7 +59,7 @@ class SnapshotCodec(ProtoCodec):
     def encode(self, message: Any, message_type: Any) -> bytes:
         if isinstance(message, PreEncoded):
             return message.data
-        return super().encode(message, message_type)  # type: ignore[no-any-return]
+        return super().encode(message, message_type)
 
 
 class _Watcher:

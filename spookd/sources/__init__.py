@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import msgspec
 
 from spookd.config.model import Config, ConfigError
+
+
+class ObjectRef(msgspec.Struct, frozen=True):
+    """The Kubernetes object a configuration came from (for Events)."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    resource_version: str = ""
 
 
 class Accepted(msgspec.Struct, frozen=True):
@@ -12,6 +23,7 @@ class Accepted(msgspec.Struct, frozen=True):
 
     config: Config
     source: str
+    ref: ObjectRef | None = None
 
 
 class Rejected(msgspec.Struct, frozen=True):
@@ -19,14 +31,30 @@ class Rejected(msgspec.Struct, frozen=True):
 
     errors: list[ConfigError]
     source: str
+    ref: ObjectRef | None = None
 
 
 class Deleted(msgspec.Struct, frozen=True):
     """The configuration is gone: serve no devices."""
 
     source: str
+    ref: ObjectRef | None = None
 
 
 SourceEvent = Accepted | Rejected | Deleted
 
-__all__ = ["Accepted", "Deleted", "Rejected", "SourceEvent"]
+
+class EventSink(Protocol):
+    """Where the daemon reports what it did with a configuration (Kubernetes Events)."""
+
+    async def applied(self, event: Accepted, changes: dict[str, list[str]]) -> None:
+        """A configuration was applied; ``changes`` lists added/changed/removed resources."""
+
+    async def rejected(self, event: Rejected) -> None:
+        """A configuration was rejected; the last good one keeps serving."""
+
+    async def deleted(self, event: Deleted) -> None:
+        """The configuration disappeared; every resource was withdrawn."""
+
+
+__all__ = ["Accepted", "Deleted", "EventSink", "ObjectRef", "Rejected", "SourceEvent"]

@@ -1,0 +1,300 @@
+"""The ConfigMap source: list then watch one ConfigMap through the API (SPEC §3).
+
+kubernetes-asyncio is imported only here, so the file source never pays its
+start-up time and memory. The watch asks for the one object by field selector,
+resumes from the last resourceVersion (bookmarks included), always sets a server
+timeout and a client read timeout, relists on 410 Gone, and reconnects with capped
+exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import anyio
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config.config_exception import ConfigException
+from kubernetes_asyncio.watch import Watch
+from loguru import logger
+
+from spookd.config.model import ConfigError
+from spookd.sources import Accepted, Deleted, ObjectRef, Rejected, SourceEvent
+from spookd.sources.file import parse
+
+#: The API server ends each watch after this long (a little randomised, as client-go does).
+WATCH_SERVER_TIMEOUT = 300
+#: The client gives up on a silent connection after this long.
+CLIENT_READ_TIMEOUT = 30
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 30.0
+#: Event messages are cut to this length (the API server's limit is 1 KiB for notes).
+EVENT_MESSAGE_MAX = 1024
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_MAX) -> None:
+        self.first = first
+        self.cap = cap
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt."""
+        ceiling = min(self.cap, self.first * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """Start again from the first delay after a success."""
+        self.attempt = 0
+
+
+async def connect(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster credentials in a pod; otherwise the current kubeconfig context."""
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        logger.info("using in-cluster credentials")
+        return client.ApiClient()
+    configuration = client.Configuration()
+    try:
+        await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    except (ConfigException, OSError) as exc:
+        raise ConnectionError(
+            f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({exc}); "
+            "set KUBECONFIG or run in a cluster"
+        ) from exc
+    logger.info("using kubeconfig", server=configuration.host)
+    return client.ApiClient(configuration)
+
+
+def _ref(configmap: Any) -> ObjectRef:
+    meta = configmap.metadata
+    return ObjectRef(
+        namespace=meta.namespace,
+        name=meta.name,
+        uid=meta.uid or "",
+        resource_version=meta.resource_version or "",
+    )
+
+
+class ConfigMapWatch:
+    """Turns the ConfigMap's versions into configuration events."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, name: str, key: str) -> None:
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+        self.name = name
+        self.key = key
+        self.source = f"{namespace}/{name}:{key}"
+        self.resource_version: str | None = None
+        self.requests = 0
+        self._last: str | object | None = object()  # nothing seen yet
+
+    async def events(self) -> AsyncIterator[SourceEvent]:
+        """Yield a version after the first list and after every change, forever."""
+        backoff = Backoff()
+        forbidden_logged = False
+        while True:
+            try:
+                if self.resource_version is None:
+                    event = await self._list()
+                    if event is not None:
+                        yield event
+                async for event in self._watch():
+                    yield event
+                    backoff.reset()
+                backoff.reset()
+                forbidden_logged = False
+                continue
+            except ApiException as exc:
+                if exc.status == 410:
+                    logger.info("watch expired (410 Gone); listing again", source=self.source)
+                    self.resource_version = None
+                    continue
+                if exc.status in (401, 403):
+                    if not forbidden_logged:
+                        logger.error(
+                            "not allowed to read ConfigMap {namespace}/{name} ({status} {reason}); "
+                            "bind the Role `watch-configmaps` (get, list, watch on configmaps) to "
+                            "Spookd's ServiceAccount; retrying",
+                            namespace=self.namespace,
+                            name=self.name,
+                            status=exc.status,
+                            reason=exc.reason,
+                        )
+                        forbidden_logged = True
+                else:
+                    logger.warning(
+                        "ConfigMap watch failed: {status} {reason}; reconnecting",
+                        status=exc.status,
+                        reason=exc.reason,
+                        source=self.source,
+                    )
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                logger.warning(
+                    "ConfigMap watch interrupted: {error}; reconnecting",
+                    error=str(exc) or type(exc).__name__,
+                    source=self.source,
+                )
+            await anyio.sleep(backoff.next_delay())
+
+    async def _list(self) -> SourceEvent | None:
+        self.requests += 1
+        listing = await self.core.list_namespaced_config_map(
+            self.namespace,
+            field_selector=f"metadata.name={self.name}",
+            _request_timeout=CLIENT_READ_TIMEOUT,
+        )
+        self.resource_version = listing.metadata.resource_version
+        return await self._version(listing.items[0] if listing.items else None)
+
+    async def _watch(self) -> AsyncIterator[SourceEvent]:
+        self.requests += 1
+        watch = Watch()
+        timeout = int(WATCH_SERVER_TIMEOUT * random.uniform(1.0, 1.2))
+        async with watch.stream(
+            self.core.list_namespaced_config_map,
+            self.namespace,
+            field_selector=f"metadata.name={self.name}",
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _request_timeout=aiohttp.ClientTimeout(
+                sock_connect=CLIENT_READ_TIMEOUT, sock_read=timeout + CLIENT_READ_TIMEOUT
+            ),
+        ) as stream:
+            async for raw in stream:
+                kind = raw["type"]
+                obj = raw["object"]
+                self.resource_version = obj.metadata.resource_version
+                if kind == "BOOKMARK":
+                    continue
+                event = await self._version(None if kind == "DELETED" else obj)
+                if event is not None:
+                    yield event
+
+    async def _version(self, configmap: Any | None) -> SourceEvent | None:
+        if configmap is None:
+            if self._last is None:
+                return None
+            first = not isinstance(self._last, str)
+            self._last = None
+            if first:
+                logger.warning("ConfigMap does not exist; waiting for it", source=self.source)
+            return Deleted(source=self.source, ref=ObjectRef(self.namespace, self.name))
+        ref = _ref(configmap)
+        text = (configmap.data or {}).get(self.key)
+        if text is None:
+            keys = sorted(configmap.data or {})
+            self._last = ""
+            return Rejected(
+                errors=[
+                    ConfigError(
+                        self.source,
+                        1,
+                        1,
+                        "",
+                        f"the ConfigMap has no key `{self.key}` (it has: {', '.join(keys) or 'no keys'}); "
+                        "put the configuration under that key or set --configmap-key",
+                    )
+                ],
+                source=self.source,
+                ref=ref,
+            )
+        if text == self._last:
+            return None
+        self._last = text
+        event = await parse(text.encode(), self.source)
+        if isinstance(event, Accepted):
+            return Accepted(config=event.config, source=self.source, ref=ref)
+        if isinstance(event, Rejected):
+            return Rejected(errors=event.errors, source=self.source, ref=ref)
+        return event
+
+
+async def watch_configmap(
+    namespace: str, name: str, key: str, api: client.ApiClient | None = None
+) -> AsyncIterator[SourceEvent]:
+    """Configuration events for one ConfigMap key, forever."""
+    api = api or await connect()
+    async for event in ConfigMapWatch(api, namespace, name, key).events():
+        yield event
+
+
+class KubeEvents:
+    """Records Kubernetes Events on the ConfigMap for what Spookd did with it."""
+
+    def __init__(self, api: client.ApiClient, node_name: str) -> None:
+        self.core = client.CoreV1Api(api)
+        self.node_name = node_name
+        self._warned = False
+
+    async def applied(self, event: Accepted, changes: dict[str, list[str]]) -> None:
+        """Normal event summarising the change on this node."""
+        parts = [f"{kind} {', '.join(names)}" for kind, names in changes.items() if names]
+        await self._record(
+            event.ref, "Normal", "ConfigApplied", f"node {self.node_name}: " + "; ".join(parts)
+        )
+
+    async def rejected(self, event: Rejected) -> None:
+        """Warning event with the errors; the last good configuration keeps serving."""
+        errors = "\n".join(str(e) for e in event.errors)
+        await self._record(
+            event.ref,
+            "Warning",
+            "ConfigRejected",
+            f"node {self.node_name} keeps the last good configuration; "
+            f"{len(event.errors)} error(s):\n{errors}",
+        )
+
+    async def deleted(self, event: Deleted) -> None:
+        """Warning event: every resource was withdrawn."""
+        await self._record(
+            event.ref,
+            "Warning",
+            "ConfigDeleted",
+            f"node {self.node_name}: the configuration is gone; all devices withdrawn",
+        )
+
+    async def _record(self, ref: ObjectRef | None, kind: str, reason: str, message: str) -> None:
+        if ref is None:
+            return
+        if len(message) > EVENT_MESSAGE_MAX:
+            message = message[: EVENT_MESSAGE_MAX - 3] + "..."
+        now = datetime.now(UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{ref.name}.spookd-", namespace=ref.namespace),
+            involved_object=client.V1ObjectReference(
+                api_version="v1",
+                kind="ConfigMap",
+                namespace=ref.namespace,
+                name=ref.name,
+                uid=ref.uid or None,
+                resource_version=ref.resource_version or None,
+            ),
+            type=kind,
+            reason=reason,
+            message=message,
+            source=client.V1EventSource(component="spookd", host=self.node_name),
+            reporting_component="spookd",
+            reporting_instance=self.node_name,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            await self.core.create_namespaced_event(ref.namespace, body, _request_timeout=CLIENT_READ_TIMEOUT)
+        except (TimeoutError, ApiException, aiohttp.ClientError, OSError) as exc:
+            if not self._warned:
+                logger.warning(
+                    "cannot record Kubernetes Events ({error}); the Role needs `create` on events",
+                    error=getattr(exc, "reason", None) or str(exc),
+                )
+                self._warned = True
