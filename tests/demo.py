@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.nodeharness import NodeHarness  # noqa: E402
+from support.nodeharness import NodeHarness
 
 WALKTHROUGH = """\
 deviceMapping:
@@ -43,12 +43,28 @@ def main() -> int:
         print("starting the kubelet's device manager (built from Go; the first build takes minutes)...")
         kubelet.start(plugin_dir)
         spookd = subprocess.Popen(
-            [sys.executable, "-m", "spookd", "run", "--config", str(config), "--node-name", "minikube",
-             "--plugin-dir", str(plugin_dir), "--http-addr", "127.0.0.1:0", "--log-format", "text"],
+            [
+                sys.executable,
+                "-m",
+                "spookd",
+                "run",
+                "--config",
+                str(config),
+                "--node-name",
+                "minikube",
+                "--plugin-dir",
+                str(plugin_dir),
+                "--http-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "text",
+            ],
         )
         try:
             resources = kubelet.wait_for(
-                lambda r: r.capacity("example.com/widget") == 1 and r.capacity("example.com/thingamajig") == 2,
+                lambda r: (
+                    r.capacity("example.com/widget") == 1 and r.capacity("example.com/thingamajig") == 2
+                ),
                 timeout=30,
             )
             print("\nnode minikube, as the device manager sees it:")
