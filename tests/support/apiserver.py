@@ -69,11 +69,13 @@ class ApiServer:
     def __init__(
         self,
         process: subprocess.Popen[str],
+        reader: threading.Thread,
         lines: queue.Queue[str | None],
         workdir: Path,
         ready: Mapping[str, Any],
     ) -> None:
         self._process = process
+        self._reader = reader
         self._lines = lines
         self.workdir = workdir
         self.server: str = ready["server"]
@@ -102,13 +104,15 @@ class ApiServer:
                 bufsize=1,
             )
         lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_pump, args=(process, lines), daemon=True).start()
+        reader = threading.Thread(target=_pump, args=(process, lines), daemon=True)
+        reader.start()
         try:
             ready = _await_event(process, lines, {"ready"}, timeout, log_path)
         except BaseException:
             _stop(process)
+            reader.join(timeout=10)
             raise
-        return cls(process, lines, workdir, ready)
+        return cls(process, reader, lines, workdir, ready)
 
     @property
     def log_path(self) -> Path:
@@ -134,6 +138,7 @@ class ApiServer:
     def close(self) -> None:
         """Stop the API server and etcd; idempotent."""
         _stop(self._process)
+        self._reader.join(timeout=10)
 
     def __enter__(self) -> Self:
         return self
@@ -197,6 +202,8 @@ class ApiClient:
         if key not in self._resources:
             base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
             listing = self.request("GET", base)
+            if listing.status == 404:
+                raise KeyError(f"the API server serves no {api_version}")
             if listing.status != 200:
                 raise ApiError("GET", base, listing)
             for item in listing.json.get("resources", []):
@@ -260,8 +267,9 @@ def _response(status: int, raw: bytes, warnings: list[str]) -> Response:
 
 def _pump(process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
     assert process.stdout is not None
-    for line in process.stdout:
-        lines.put(line)
+    with process.stdout:
+        for line in process.stdout:
+            lines.put(line)
     lines.put(None)
 
 
