@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from support.nodeharness import NodeHarness
 
 DATA = Path(__file__).parent / "data"
 
@@ -25,3 +31,76 @@ def plugin_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def node(plugin_dir: Path, tmp_path: Path) -> Iterator[NodeHarness]:
+    """The kubelet's real device manager, in its own mount namespace over ``plugin_dir``."""
+    harness = NodeHarness(log_dir=tmp_path)
+    harness.start(plugin_dir)
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+class SpookdProcess:
+    """`spookd run` as a subprocess with a config file, logging JSON lines to a file."""
+
+    def __init__(self, plugin_dir: Path, workdir: Path, node_name: str = "minikube") -> None:
+        self.plugin_dir = plugin_dir
+        self.config = workdir / "config.yaml"
+        self.log = workdir / "spookd.log"
+        self.node_name = node_name
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def write(self, text: str) -> None:
+        """Replace the configuration atomically, as an editor or the kubelet would."""
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.config)
+
+    def start(self, *extra: str, user: str | None = None) -> SpookdProcess:
+        """Start serving; returns at once (wait on the node for registration)."""
+        argv = [
+            sys.executable, "-m", "spookd", "run", "--config", str(self.config),
+            "--node-name", self.node_name, "--plugin-dir", str(self.plugin_dir),
+            "--http-addr", "", "--log-format", "json", "--log-level", "debug", *extra,
+        ]  # fmt: skip
+        if user is not None:
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(argv, stderr=log, stdin=subprocess.DEVNULL)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, and the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"spookd did not stop within {timeout}s:\n{self.log_text()}") from None
+        return self.process.returncode
+
+    def log_text(self) -> str:
+        """Everything Spookd logged so far."""
+        return self.log.read_text() if self.log.exists() else ""
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log lines, parsed."""
+        return [json.loads(line) for line in self.log_text().splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def spookd(plugin_dir: Path, tmp_path: Path) -> Iterator[SpookdProcess]:
+    """A Spookd process (not started) serving ``plugin_dir``; stopped after the test."""
+    process = SpookdProcess(plugin_dir, tmp_path)
+    try:
+        yield process
+    finally:
+        if process.process is not None and process.process.poll() is None:
+            process.stop()

@@ -118,3 +118,16 @@ async def test_a_burst_of_writes_yields_the_final_version(config_dir: Path) -> N
     while seen != ["29"]:
         seen = ids(await next_event(events))
     await events.aclose()  # type: ignore[attr-defined]
+
+
+async def test_unreadable_path_is_rejected_with_a_reason(config_dir: Path) -> None:
+    path = config_dir / "config.yaml"
+    path.mkdir()  # not a file: reading fails even for root
+    events = watch_file(path)
+    rejected = await next_event(events)
+    assert isinstance(rejected, Rejected)
+    assert "cannot read the file: Is a directory" in rejected.errors[0].message
+    path.rmdir()
+    path.write_text(GOOD % "6")
+    assert ids(await next_event(events)) == ["6"]
+    await events.aclose()  # type: ignore[attr-defined]

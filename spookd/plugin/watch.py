@@ -57,3 +57,13 @@ async def watch_plugin_dir(plugin_dir: Path, servers: Callable[[], Iterable[Reso
                 check()
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            logger.warning(
+                "cannot watch the plugin directory {dir} ({error}); checking it every {poll}s instead",
+                dir=str(plugin_dir),
+                error=exc.strerror or str(exc),
+                poll=SAFETY_POLL_MS / 1000,
+            )
+            while True:
+                await anyio.sleep(SAFETY_POLL_MS / 1000)
+                check()

@@ -15,7 +15,7 @@ import anyio
 from loguru import logger
 from watchfiles import awatch
 
-from spookd.config import MAX_FILE_BYTES, ConfigInvalid, load_config
+from spookd.config import MAX_FILE_BYTES, ConfigError, ConfigInvalid, load_config
 from spookd.sources import Accepted, Deleted, Rejected, SourceEvent
 
 DEBOUNCE_MS = 30
@@ -32,14 +32,14 @@ def _signature(path: Path) -> tuple[int, int, int, int] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _read(path: Path) -> bytes | None:
+def _read(path: Path) -> bytes | OSError | None:
     try:
         with path.open("rb") as handle:
             return handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        return b""
+    except OSError as exc:
+        return exc
 
 
 async def parse(data: bytes, source: str) -> SourceEvent:
@@ -62,10 +62,16 @@ async def watch_file(path: Path) -> AsyncIterator[SourceEvent]:
         nonlocal last, first, signature
         signature = _signature(path)
         data = await anyio.to_thread.run_sync(_read, path)
-        if data == last and not first:
+        if data == last and not first and not isinstance(data, OSError):
             return None
         was_first, first = first, False
-        last = data
+        last = data if not isinstance(data, OSError) else None
+        if isinstance(data, OSError):
+            reason = data.strerror or str(data)
+            error = ConfigError(
+                source, 1, 1, "", f"cannot read the file: {reason}; check its type and permissions"
+            )
+            return Rejected(errors=[error], source=source)
         if data is None:
             if was_first:
                 logger.warning("configuration file {path} does not exist; waiting for it", path=source)
@@ -99,3 +105,16 @@ async def watch_file(path: Path) -> AsyncIterator[SourceEvent]:
                     yield event
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            logger.warning(
+                "cannot watch {dir} ({error}); checking the file every {poll}s instead",
+                dir=str(directory),
+                error=exc.strerror or str(exc),
+                poll=SAFETY_POLL_MS / 1000,
+            )
+            while True:
+                await anyio.sleep(SAFETY_POLL_MS / 1000)
+                if _signature(path) != signature:
+                    event = await changed()
+                    if event is not None:
+                        yield event
