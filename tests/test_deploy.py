@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support.apiserver import ApiClient, ApiServer
-from tests.support.helm import Helm, load_documents
+from tests.support.helm import KUBE_VERSION, Helm, load_documents
 
 pytestmark = pytest.mark.apiserver
 
@@ -408,6 +408,29 @@ def test_rendered_objects_are_accepted_by_the_api_server(helm: Helm, admin: ApiC
     _assert_accepted(admin, objects, case)
 
 
+def test_charts_are_rendered_for_the_api_servers_version(admin: ApiClient) -> None:
+    assert admin.request("GET", "/version").json["gitVersion"] == KUBE_VERSION
+
+
+def test_helm_installs_upgrades_and_uninstalls_the_chart(
+    helm: Helm, api: ApiServer, admin: ApiClient
+) -> None:
+    """Helm's own apply path, through the kubeconfig the API server wrote."""
+    admin.ensure(_namespace("spookd-helm", enforce="privileged"))
+    common = ["--kubeconfig", str(api.kubeconfig), "--namespace", "spookd-helm"]
+    helm.run("install", "spookd", str(CHART), *common)
+    configmap = admin.get("v1", "ConfigMap", "spookd-config", "spookd-helm")
+    assert "minikube" in configmap["data"]["config.yaml"]
+    helm.run("upgrade", "spookd", str(CHART), *common, "--values", str(_values("empty-mapping")[0]))
+    configmap = admin.get("v1", "ConfigMap", "spookd-config", "spookd-helm")
+    assert load_documents(configmap["data"]["config.yaml"]) == [{"deviceMapping": []}]
+    daemonset = admin.get("apps/v1", "DaemonSet", "spookd", "spookd-helm")
+    assert daemonset["metadata"]["generation"] == 1, "a config change must not roll the pods"
+    helm.run("uninstall", "spookd", *common)
+    gone = admin.request("GET", "/api/v1/namespaces/spookd-helm/configmaps/spookd-config")
+    assert gone.status == 404
+
+
 @pytest.mark.parametrize("manifest", [PLAIN, TEST_DEPLOYMENT], ids=lambda p: p.name)
 def test_plain_manifests_are_accepted_by_the_api_server(admin: ApiClient, manifest: Path) -> None:
     _assert_accepted(admin, _load(manifest), manifest.name)
@@ -467,7 +490,11 @@ def _event(api_version: str, namespace: str) -> dict[str, Any]:
 def test_service_account_reads_only_its_configmap_and_records_events(
     api: ApiServer, installed: list[dict[str, Any]]
 ) -> None:
-    spookd = api.client(impersonate=SA_USER)
+    # A token the API server issued to the service account, as the pod would get.
+    spookd = api.client(token=api.service_account_token("kube-system", "spookd"))
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    whoami = spookd.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=review)
+    assert whoami.json["status"]["userInfo"]["username"] == SA_USER
     base = "/api/v1/namespaces/kube-system/configmaps"
     by_name = {"fieldSelector": "metadata.name=spookd-config"}
 
@@ -559,6 +586,8 @@ def test_containerfile_runs_what_the_manifests_expect() -> None:
     assert lines[final].startswith("FROM python:${PYTHON_VERSION}-slim")
     entrypoint = next(line for line in stage if line.startswith("ENTRYPOINT "))
     assert json.loads(entrypoint.removeprefix("ENTRYPOINT ")) == ["python", "-m", "spookd"]
+    # The DaemonSet watches a ConfigMap: the image needs the [configmap] extra.
+    assert any('"spookd[configmap]"' in line for line in stage)
     user = next(line for line in stage if line.startswith("USER "))
     assert not user.removeprefix("USER ").startswith("0"), "the image runs non-root by default"
     assert _one(_load(PLAIN), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"] == ["run"]

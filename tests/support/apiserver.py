@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from tests.support import gobuild
+from support import gobuild
 
 __all__ = ["ApiClient", "ApiError", "ApiServer", "ApiServerError", "Response"]
 
@@ -119,9 +119,47 @@ class ApiServer:
         """The API server's and etcd's log (its stderr)."""
         return self.workdir / "apiserver.log"
 
-    def client(self, *, impersonate: str | None = None) -> ApiClient:
-        """A REST client as the admin, or impersonating a user such as a service account."""
-        return ApiClient(self.server, self.token, self.ca_file, impersonate=impersonate)
+    def client(self, *, token: str | None = None, impersonate: str | None = None) -> ApiClient:
+        """A REST client as the admin (or with ``token``), optionally impersonating a user."""
+        return ApiClient(self.server, token or self.token, self.ca_file, impersonate=impersonate)
+
+    def service_account_token(self, namespace: str, name: str, *, seconds: int = 3600) -> str:
+        """A token the API server issues for a service account (TokenRequest), as a pod gets."""
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": seconds},
+        }
+        answer = self.client().request("POST", path, body=body)
+        if answer.status != 201:
+            raise ApiError("POST", path, answer)
+        token: str = answer.json["status"]["token"]
+        return token
+
+    def write_kubeconfig(self, path: Path, token: str, *, namespace: str = "default") -> Path:
+        """Write a kubeconfig that authenticates with ``token`` (JSON, which is valid YAML)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "spookd-test",
+                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)},
+                }
+            ],
+            "users": [{"name": "user", "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": "spookd-test",
+                    "context": {"cluster": "spookd-test", "user": "user", "namespace": namespace},
+                }
+            ],
+            "current-context": "spookd-test",
+        }
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
 
     def restart(self, *, timeout: float = _START_TIMEOUT) -> float:
         """Stop the API server and start a new one on the same etcd; return the seconds taken."""
