@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.apiserver import ApiServer
 from support.nodeharness import NodeHarness
 
 DATA = Path(__file__).parent / "data"
@@ -60,17 +62,25 @@ class SpookdProcess:
         tmp.write_text(text)
         tmp.replace(self.config)
 
-    def start(self, *extra: str, user: str | None = None) -> SpookdProcess:
+    def start(
+        self,
+        *extra: str,
+        user: str | None = None,
+        configmap: str | None = None,
+        kubeconfig: Path | None = None,
+    ) -> SpookdProcess:
         """Start serving; returns at once (wait on the node for registration)."""
+        source = ["--configmap", configmap] if configmap else ["--config", str(self.config)]
         argv = [
-            sys.executable, "-m", "spookd", "run", "--config", str(self.config),
+            sys.executable, "-m", "spookd", "run", *source,
             "--node-name", self.node_name, "--plugin-dir", str(self.plugin_dir),
             "--http-addr", "", "--log-format", "json", "--log-level", "debug", *extra,
         ]  # fmt: skip
         if user is not None:
             argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)} if kubeconfig else None
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(argv, stderr=log, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(argv, stderr=log, stdin=subprocess.DEVNULL, env=env)
         return self
 
     def stop(self, timeout: float = 10.0) -> int:
@@ -104,3 +114,13 @@ def spookd(plugin_dir: Path, tmp_path: Path) -> Iterator[SpookdProcess]:
     finally:
         if process.process is not None and process.process.poll() is None:
             process.stop()
+
+
+@pytest.fixture(scope="session")
+def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """A real kube-apiserver on an embedded etcd, shared by the session."""
+    server = ApiServer.start(tmp_path_factory.mktemp("apiserver"))
+    try:
+        yield server
+    finally:
+        server.close()

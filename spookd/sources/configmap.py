@@ -147,6 +147,7 @@ class ConfigMapWatch:
 
     async def _list(self) -> SourceEvent | None:
         self.requests += 1
+        logger.debug("listing ConfigMap", source=self.source, requests=self.requests)
         listing = await self.core.list_namespaced_config_map(
             self.namespace,
             field_selector=f"metadata.name={self.name}",
@@ -157,6 +158,12 @@ class ConfigMapWatch:
 
     async def _watch(self) -> AsyncIterator[SourceEvent]:
         self.requests += 1
+        logger.debug(
+            "watching ConfigMap",
+            source=self.source,
+            resource_version=self.resource_version,
+            requests=self.requests,
+        )
         watch = Watch()
         timeout = int(WATCH_SERVER_TIMEOUT * random.uniform(1.0, 1.2))
         async with watch.stream(
