@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.support.apiserver import ApiClient, ApiServer
-from tests.support.helm import KUBE_VERSION, Helm, load_documents
+from support.apiserver import ApiClient, ApiServer
+from support.helm import KUBE_VERSION, Helm, load_documents
 
 pytestmark = pytest.mark.apiserver
 

@@ -6,7 +6,7 @@ release Makefile sets (so ``helm version`` and the default Kubernetes version of
 ``helm template`` are right), and reuses it while the version matches. About 2 min
 cold on the 2-core development machine (downloads included), instant afterwards.
 
-Server-side dry-runs need no kubectl: ``tests.support.apiserver.ApiClient`` POSTs
+Server-side dry-runs need no kubectl: ``support.apiserver.ApiClient`` POSTs
 each rendered object with ``dryRun=All`` and ``fieldValidation=Strict``.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from tests.support import gobuild
+from support import gobuild
 
 __all__ = [
     "BUILD_SECONDS",
