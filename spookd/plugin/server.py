@@ -79,11 +79,16 @@ class _Rebind(Exception):
     """The socket must be bound anew (deleted, replaced, or the kubelet restarted)."""
 
 
-def _inode(path: Path) -> int | None:
+FileIdentity = tuple[int, int, int]
+
+
+def file_identity(path: Path) -> FileIdentity | None:
+    """What tells a file from its replacement: inode numbers are reused, creation times are not."""
     try:
-        return path.stat().st_ino
+        st = path.stat()
     except OSError:
         return None
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
 class DevicePluginService(api.DevicePluginBase):
@@ -176,8 +181,8 @@ class ResourceServer:
         self._rebind_reason: str | None = None
         self._reregister_reason: str | None = None
         self._stream_lost = False
-        self._bound_inode: int | None = None
-        self._registered_kubelet_inode: int | None = None
+        self._bound_identity: FileIdentity | None = None
+        self._registered_kubelet: FileIdentity | None = None
         self._closing = False
         self._progress = asyncio.Event()
         self.update(devices)
@@ -272,18 +277,18 @@ class ResourceServer:
 
     def check_files(self) -> None:
         """Compare the socket and kubelet.sock with what this server bound and registered with."""
-        if self._bound_inode is None:
+        if self._bound_identity is None:
             return
-        if _inode(self.socket_path) != self._bound_inode:
+        if file_identity(self.socket_path) != self._bound_identity:
             self._rebind_reason = "socket deleted or replaced"
             self._wake.set()
             return
-        kubelet = _inode(self.kubelet_socket)
+        kubelet = file_identity(self.kubelet_socket)
         if kubelet is None:
             return
         if not self.registered:
             self._wake.set()  # retry registration now
-        elif kubelet != self._registered_kubelet_inode:
+        elif kubelet != self._registered_kubelet:
             self._reregister_reason = "kubelet.sock recreated"
             self._wake.set()
 
@@ -341,7 +346,7 @@ class ResourceServer:
         self._rebind_reason = None
         server = grpclib.server.Server([DevicePluginService(self)], codec=SnapshotCodec())
         await server.start(path=str(self.socket_path))
-        self._bound_inode = _inode(self.socket_path)
+        self._bound_identity = file_identity(self.socket_path)
         logger.info("server started", resource=self.resource_name, socket=str(self.socket_path))
         return server
 
@@ -368,23 +373,23 @@ class ResourceServer:
         server.close()
         with anyio.move_on_after(FLUSH_TIMEOUT):
             await server.wait_closed()
-        if self._bound_inode is not None and _inode(self.socket_path) == self._bound_inode:
+        if self._bound_identity is not None and file_identity(self.socket_path) == self._bound_identity:
             with contextlib.suppress(OSError):
                 self.socket_path.unlink()
-        self._bound_inode = None
+        self._bound_identity = None
 
     async def _register(self) -> None:
         channel = Channel(path=str(self.kubelet_socket))
         try:
             stub = api.RegistrationStub(channel)
-            kubelet_inode = _inode(self.kubelet_socket)
+            kubelet_identity = file_identity(self.kubelet_socket)
             await stub.register(
                 convert.register_request(self.resource_name, self.socket_name),
                 timeout=REGISTER_TIMEOUT,
             )
         finally:
             channel.close()
-        self._registered_kubelet_inode = kubelet_inode
+        self._registered_kubelet = kubelet_identity
 
     async def _register_until_done(self) -> None:
         delay = BACKOFF_FIRST

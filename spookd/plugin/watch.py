@@ -10,27 +10,20 @@ from loguru import logger
 from watchfiles import awatch
 
 from spookd.observe import metrics
-from spookd.plugin.server import KUBELET_SOCKET, ResourceServer
+from spookd.plugin.server import KUBELET_SOCKET, ResourceServer, file_identity
 
 #: Even without events, files are compared this often (a missed event costs at most this).
 SAFETY_POLL_MS = 1000
 
 
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
-
-
 async def watch_plugin_dir(plugin_dir: Path, servers: Callable[[], Iterable[ResourceServer]]) -> None:
     """Tell every server to check its files whenever the plugin directory changes."""
     kubelet = plugin_dir / KUBELET_SOCKET
-    seen = _inode(kubelet)
+    seen = file_identity(kubelet)
 
     def check() -> None:
         nonlocal seen
-        now = _inode(kubelet)
+        now = file_identity(kubelet)
         if now is not None and seen is not None and now != seen:
             metrics.KUBELET_RESTARTS.inc()
             logger.info("kubelet restart seen", kubelet=str(kubelet))
