@@ -86,9 +86,7 @@ class ContainerAllocateRequest(betterproto2.Message):
     devices_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
 
 
-default_message_pool.register_message(
-    "v1beta1", "ContainerAllocateRequest", ContainerAllocateRequest
-)
+default_message_pool.register_message("v1beta1", "ContainerAllocateRequest", ContainerAllocateRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -112,20 +110,14 @@ class ContainerAllocateResponse(betterproto2.Message):
     cdi_devices: "list[CdiDevice]" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
-default_message_pool.register_message(
-    "v1beta1", "ContainerAllocateResponse", ContainerAllocateResponse
-)
+default_message_pool.register_message("v1beta1", "ContainerAllocateResponse", ContainerAllocateResponse)
 
 
 @dataclass(eq=False, repr=False)
 class ContainerPreferredAllocationRequest(betterproto2.Message):
-    available_deviceIDs: "list[str]" = betterproto2.field(
-        1, betterproto2.TYPE_STRING, repeated=True
-    )
+    available_deviceIDs: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
 
-    must_include_deviceIDs: "list[str]" = betterproto2.field(
-        2, betterproto2.TYPE_STRING, repeated=True
-    )
+    must_include_deviceIDs: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
 
     allocation_size: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
 
@@ -157,9 +149,7 @@ class Device(betterproto2.Message):
     "Healthy" or "Unhealthy".
     """
 
-    topology: "TopologyInfo | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    topology: "TopologyInfo | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("v1beta1", "Device", Device)
@@ -233,9 +223,7 @@ class PreferredAllocationRequest(betterproto2.Message):
     )
 
 
-default_message_pool.register_message(
-    "v1beta1", "PreferredAllocationRequest", PreferredAllocationRequest
-)
+default_message_pool.register_message("v1beta1", "PreferredAllocationRequest", PreferredAllocationRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -245,9 +233,7 @@ class PreferredAllocationResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message(
-    "v1beta1", "PreferredAllocationResponse", PreferredAllocationResponse
-)
+default_message_pool.register_message("v1beta1", "PreferredAllocationResponse", PreferredAllocationResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -255,9 +241,7 @@ class PreStartContainerRequest(betterproto2.Message):
     devices_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
 
 
-default_message_pool.register_message(
-    "v1beta1", "PreStartContainerRequest", PreStartContainerRequest
-)
+default_message_pool.register_message("v1beta1", "PreStartContainerRequest", PreStartContainerRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -265,9 +249,7 @@ class PreStartContainerResponse(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message(
-    "v1beta1", "PreStartContainerResponse", PreStartContainerResponse
-)
+default_message_pool.register_message("v1beta1", "PreStartContainerResponse", PreStartContainerResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -287,9 +269,7 @@ class RegisterRequest(betterproto2.Message):
     Extended resource name, for example "example.com/widget".
     """
 
-    options: "DevicePluginOptions | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    options: "DevicePluginOptions | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("v1beta1", "RegisterRequest", RegisterRequest)
@@ -454,9 +434,7 @@ class DevicePluginBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def pre_start_container(
-        self, message: "PreStartContainerRequest"
-    ) -> "PreStartContainerResponse":
+    async def pre_start_container(self, message: "PreStartContainerRequest") -> "PreStartContainerResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -480,8 +458,7 @@ class DevicePluginBase(betterproto2_grpclib.ServiceBase):
         )
 
     async def __rpc_get_preferred_allocation(
-        self,
-        stream: "grpclib.server.Stream[PreferredAllocationRequest, PreferredAllocationResponse]",
+        self, stream: "grpclib.server.Stream[PreferredAllocationRequest, PreferredAllocationResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
