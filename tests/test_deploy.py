@@ -22,7 +22,9 @@ import pytest
 from support.apiserver import ApiClient, ApiServer
 from support.helm import KUBE_VERSION, Helm, load_documents
 
-pytestmark = pytest.mark.apiserver
+# The first test to need Helm or the API server builds it (minutes on a cold Go
+# cache); nothing here is timed.
+pytestmark = [pytest.mark.apiserver, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "spookd"
