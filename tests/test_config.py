@@ -18,8 +18,8 @@ BAD_CASES: dict[str, tuple[int, int, str, str]] = {
     "conflicting_env.yaml": (
         7,
         9,
-        "deviceMapping[1].devices[0].env",
-        "also defined at deviceMapping[0].devices[0] (line 4) with a different env",
+        "deviceMapping[1].devices[0]",
+        "also defined at deviceMapping[0].devices[0] (line 4) with a different env or settings",
     ),
     "device_mapping_null.yaml": (1, 15, "deviceMapping", "write `deviceMapping: []`"),
     "device_mapping_scalar.yaml": (

@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 from conftest import SpookdProcess
-from support.nodeharness import NodeHarness, Resources
+from support.nodeharness import AdmitResult, NodeHarness, Resources
 
 pytestmark = pytest.mark.harness
 
@@ -227,8 +227,11 @@ def test_unhealthy_device_is_not_allocatable_until_healthy_again(node: NodeHarne
             )
             assert resources[WIDGET].devices == {"1": "Unhealthy", "2": "Healthy"}
             assert resources.capacity(WIDGET) == 2
+
             # the manager calls back into this event loop: admit from a worker thread
-            admit = functools.partial(anyio.to_thread.run_sync, node.admit)
+            async def admit(pod: str, containers: dict[str, dict[str, int]]) -> AdmitResult:
+                return await anyio.to_thread.run_sync(node.admit, pod, containers)
+
             first = (await admit("pod-1", {"app": {WIDGET: 1}})).raise_for_error()
             assert first.container("app").devices[WIDGET] == ["2"]
             assert not (await admit("pod-2", {"app": {WIDGET: 1}})).ok

@@ -9,6 +9,9 @@ from spookd.config.model import (
     ConfigInvalid,
     Device,
     DeviceMapping,
+    DeviceNode,
+    HealthCheck,
+    Mount,
     NodeDevices,
 )
 
@@ -21,6 +24,9 @@ __all__ = [
     "ConfigInvalid",
     "Device",
     "DeviceMapping",
+    "DeviceNode",
+    "HealthCheck",
+    "Mount",
     "NodeDevices",
     "load_config",
 ]

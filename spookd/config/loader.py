@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator
-from typing import NoReturn
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
 
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from spookd.config.model import Config, ConfigError, ConfigInvalid, Device, DeviceMapping
+from spookd.config.model import (
+    Config,
+    ConfigError,
+    ConfigInvalid,
+    Device,
+    DeviceMapping,
+    DeviceNode,
+    HealthCheck,
+    Mount,
+)
 from spookd.config.yamlnodes import compose
 from spookd.naming import env_prefix
+
+T = TypeVar("T")
 
 #: Files larger than this are refused before parsing (ConfigMaps hold at most 1 MiB).
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -49,7 +60,27 @@ _REQUESTS_PREFIX = "requests."
 
 _TOP_KEYS = ("deviceMapping",)
 _MAPPING_KEYS = ("hosts", "devices")
-_DEVICE_KEYS = ("resourceName", "instanceID", "env")
+_DEVICE_KEYS = (
+    "resourceName",
+    "instanceID",
+    "env",
+    "healthCheck",
+    "deviceNodes",
+    "mounts",
+    "annotations",
+    "cdiDevices",
+)
+_HEALTH_KEYS = ("tcp", "path", "interval", "timeout", "failureThreshold", "successThreshold")
+_DEVICE_NODE_KEYS = ("hostPath", "containerPath", "permissions")
+_MOUNT_KEYS = ("hostPath", "containerPath", "readOnly")
+_BOOL = "tag:yaml.org,2002:bool"
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_MAX_DURATION = 24 * 3600.0
+_TCP_TARGET = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})")
+_CDI_NAME = re.compile(
+    r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+/[A-Za-z0-9][A-Za-z0-9_.-]*=[A-Za-z0-9][A-Za-z0-9_.:-]*"
+)
 
 
 def load_config(text: str | bytes, source: str) -> Config:
@@ -110,7 +141,7 @@ class _Validator:
         self.source = source
         self.errors: list[ConfigError] = []
         # (resourceName, instanceID) -> (env, place of first occurrence)
-        self.seen: dict[tuple[str, str], tuple[tuple[tuple[str, str], ...], _Place]] = {}
+        self.seen: dict[tuple[str, str], tuple[Device, _Place]] = {}
         self.resource_places: dict[str, _Place] = {}
         self.resource_keys: dict[str, set[str]] = {}
 
@@ -284,25 +315,223 @@ class _Validator:
         resource = self._resource_name(f"{path}.resourceName", keys.get("resourceName"))
         instance = self._instance_id(f"{path}.instanceID", keys.get("instanceID"))
         env = self._env(f"{path}.env", keys.get("env"))
-        if resource is None or instance is None or env is None:
+        errors = len(self.errors)
+        health = self._health_check(f"{path}.healthCheck", keys.get("healthCheck"))
+        nodes = self._list(f"{path}.deviceNodes", keys.get("deviceNodes"), self._device_node)
+        mounts = self._list(f"{path}.mounts", keys.get("mounts"), self._mount)
+        annotations = self._annotations(f"{path}.annotations", keys.get("annotations"))
+        cdi = self._list(f"{path}.cdiDevices", keys.get("cdiDevices"), self._cdi_name)
+        if resource is None or instance is None or env is None or len(self.errors) > errors:
             return None
+        device = Device(
+            resource_name=resource,
+            instance_id=instance,
+            env=env,
+            health_check=health,
+            device_nodes=tuple(nodes),
+            mounts=tuple(mounts),
+            annotations=annotations,
+            cdi_devices=tuple(cdi),
+        )
         place = _Place(path, node)
         previous = self.seen.get((resource, instance))
         if previous is None:
-            self.seen[(resource, instance)] = (env, place)
-        elif previous[0] != env:
+            self.seen[(resource, instance)] = (device, place)
+        elif previous[0] != device:
             first = previous[1]
             self.error(
-                f"{path}.env",
+                path,
                 node,
                 f"device {resource} {instance!r} is also defined at {first.path} "
-                f"(line {first.line}) with a different env; every occurrence of a device "
-                "must carry the same env",
+                f"(line {first.line}) with a different env or settings; every occurrence of a "
+                "device must be identical",
             )
         if resource not in self.resource_places:
             self.resource_places[resource] = _Place(f"{path}.resourceName", keys["resourceName"])
         self.resource_keys.setdefault(resource, set()).update(k for k, _ in env)
-        return Device(resource_name=resource, instance_id=instance, env=env)
+        return device
+
+    # -- host devices and health -----------------------------------------
+
+    def _list(self, path: str, node: Node | None, item: Callable[[str, Node], T | None]) -> list[T]:
+        if node is None or (isinstance(node, ScalarNode) and _tag(node).endswith("null")):
+            return []
+        if not isinstance(node, SequenceNode):
+            self.error(path, node, f"expected a list, got {_describe(node)}")
+            return []
+        out = []
+        for i, child in enumerate(node.value):
+            value = item(f"{path}[{i}]", child)
+            if value is not None:
+                out.append(value)
+        return out
+
+    def _absolute_path(self, path: str, node: Node | None, what: str) -> str | None:
+        value = self._string(path, node, what)
+        if value is None:
+            return None
+        if not value.startswith("/") or "\x00" in value or any(p == ".." for p in value.split("/")):
+            self.error(path, node, f"{what} `{value}` must be an absolute path without `..`, like /dev/kvm")
+            return None
+        return value
+
+    def _device_node(self, path: str, node: Node) -> DeviceNode | None:
+        if not isinstance(node, MappingNode):
+            self.error(path, node, f"expected a mapping with `hostPath`, got {_describe(node)}")
+            return None
+        keys = self._keys(path, node, _DEVICE_NODE_KEYS, ("hostPath",))
+        host = self._absolute_path(f"{path}.hostPath", keys.get("hostPath"), "hostPath")
+        container = host
+        if "containerPath" in keys:
+            container = self._absolute_path(f"{path}.containerPath", keys["containerPath"], "containerPath")
+        permissions: str | None = "rw"
+        if "permissions" in keys:
+            permissions = self._string(f"{path}.permissions", keys["permissions"], "permissions")
+            if permissions is not None and (
+                not permissions or set(permissions) - set("rwm") or len(set(permissions)) != len(permissions)
+            ):
+                self.error(
+                    f"{path}.permissions",
+                    keys["permissions"],
+                    f"permissions `{permissions}` must be some of r, w and m (read, write, mknod), like rw",
+                )
+                permissions = None
+        if host is None or container is None or permissions is None:
+            return None
+        return DeviceNode(host_path=host, container_path=container, permissions=permissions)
+
+    def _mount(self, path: str, node: Node) -> Mount | None:
+        if not isinstance(node, MappingNode):
+            self.error(
+                path, node, f"expected a mapping with `hostPath` and `containerPath`, got {_describe(node)}"
+            )
+            return None
+        keys = self._keys(path, node, _MOUNT_KEYS, ("hostPath", "containerPath"))
+        host = self._absolute_path(f"{path}.hostPath", keys.get("hostPath"), "hostPath")
+        container = self._absolute_path(f"{path}.containerPath", keys.get("containerPath"), "containerPath")
+        read_only = False
+        if "readOnly" in keys:
+            flag = keys["readOnly"]
+            if not isinstance(flag, ScalarNode) or _tag(flag) != _BOOL:
+                self.error(f"{path}.readOnly", flag, f"readOnly must be true or false, got {_describe(flag)}")
+                return None
+            read_only = flag.value.lower() == "true"
+        if host is None or container is None:
+            return None
+        return Mount(host_path=host, container_path=container, read_only=read_only)
+
+    def _annotations(self, path: str, node: Node | None) -> tuple[tuple[str, str], ...]:
+        if node is None or (isinstance(node, ScalarNode) and _tag(node).endswith("null")):
+            return ()
+        if not isinstance(node, MappingNode):
+            self.error(
+                path, node, f"annotations must be a mapping of names to strings, got {_describe(node)}"
+            )
+            return ()
+        out: dict[str, str] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, ScalarNode) else _describe(key_node)
+            sub = f"{path}.{key}"
+            if not isinstance(key_node, ScalarNode) or _tag(key_node) != _STR or not _annotation_key_ok(key):
+                self.error(
+                    sub, key_node, f"annotation name `{key}` must be a qualified name like example.com/model"
+                )
+                continue
+            if key in out:
+                self.error(sub, key_node, f"duplicate annotation `{key}`")
+                continue
+            value = self._string(sub, value_node, "an annotation value")
+            if value is not None:
+                out[key] = value
+        return tuple(sorted(out.items()))
+
+    def _cdi_name(self, path: str, node: Node) -> str | None:
+        value = self._string(path, node, "a CDI device name")
+        if value is None:
+            return None
+        if not _CDI_NAME.fullmatch(value):
+            self.error(
+                path,
+                node,
+                f"`{value}` is not a CDI device name; write vendor.com/class=name, like nvidia.com/gpu=0",
+            )
+            return None
+        return value
+
+    def _health_check(self, path: str, node: Node | None) -> HealthCheck | None:
+        if node is None:
+            return None
+        if not isinstance(node, MappingNode):
+            self.error(
+                path, node, f"healthCheck must be a mapping with `tcp` or `path`, got {_describe(node)}"
+            )
+            return None
+        keys = self._keys(path, node, _HEALTH_KEYS, ())
+        if ("tcp" in keys) == ("path" in keys):
+            self.error(path, node, "healthCheck needs exactly one of `tcp: host:port` or `path: /some/path`")
+            return None
+        tcp = target = None
+        if "tcp" in keys:
+            tcp = self._string(f"{path}.tcp", keys["tcp"], "tcp")
+            if tcp is not None and not _tcp_target_ok(tcp):
+                self.error(
+                    f"{path}.tcp", keys["tcp"], f"tcp `{tcp}` must be host:port, like 10.0.10.215:5025"
+                )
+                return None
+            if tcp is None:
+                return None
+        else:
+            target = self._absolute_path(f"{path}.path", keys["path"], "path")
+            if target is None:
+                return None
+        defaults = HealthCheck()
+        interval = self._duration(f"{path}.interval", keys.get("interval"), defaults.interval)
+        timeout = self._duration(f"{path}.timeout", keys.get("timeout"), defaults.timeout)
+        failures = self._count(
+            f"{path}.failureThreshold", keys.get("failureThreshold"), defaults.failure_threshold
+        )
+        successes = self._count(
+            f"{path}.successThreshold", keys.get("successThreshold"), defaults.success_threshold
+        )
+        if interval is None or timeout is None or failures is None or successes is None:
+            return None
+        return HealthCheck(
+            tcp=tcp,
+            path=target,
+            interval=interval,
+            timeout=timeout,
+            failure_threshold=failures,
+            success_threshold=successes,
+        )
+
+    def _duration(self, path: str, node: Node | None, default: float) -> float | None:
+        if node is None:
+            return default
+        if isinstance(node, ScalarNode) and _tag(node) == _INT:
+            seconds = float(_parse_int(node.value))
+        else:
+            text = self._string(path, node, "a duration")
+            if text is None:
+                return None
+            match = _DURATION.fullmatch(text)
+            if match is None:
+                self.error(
+                    path, node, f"`{text}` is not a duration; write a number with ms, s, m or h, like 10s"
+                )
+                return None
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        if not 0 < seconds <= _MAX_DURATION:
+            self.error(path, node, "a duration must be more than 0 and at most 24h")
+            return None
+        return seconds
+
+    def _count(self, path: str, node: Node | None, default: int) -> int | None:
+        if node is None:
+            return default
+        if not isinstance(node, ScalarNode) or _tag(node) != _INT or not 1 <= _parse_int(node.value) <= 1000:
+            self.error(path, node, "a threshold must be a whole number from 1 to 1000")
+            return None
+        return _parse_int(node.value)
 
     # -- scalars ---------------------------------------------------------
 
@@ -476,6 +705,18 @@ class _Validator:
                 f"set {variable} in a container given both; rename one of them or its env name",
             )
         )
+
+
+def _tcp_target_ok(target: str) -> bool:
+    match = _TCP_TARGET.fullmatch(target)
+    return match is not None and 1 <= int(match.group(2)) <= 65535
+
+
+def _annotation_key_ok(key: str) -> bool:
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > _MAX_DNS_SUBDOMAIN or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return False
+    return 0 < len(name) <= _MAX_NAME and _QUALIFIED_NAME.fullmatch(name) is not None
 
 
 def extended_resource_name_problem(name: str) -> str | None:

@@ -10,12 +10,44 @@ HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 
 
+class HealthCheck(msgspec.Struct, frozen=True, order=True):
+    """How to tell whether a device is usable: a TCP connect, or a path that must exist."""
+
+    tcp: str | None = None
+    path: str | None = None
+    interval: float = 10.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+
+class DeviceNode(msgspec.Struct, frozen=True, order=True):
+    """A host device file handed to the container."""
+
+    host_path: str
+    container_path: str
+    permissions: str = "rw"
+
+
+class Mount(msgspec.Struct, frozen=True, order=True):
+    """A host path mounted into the container."""
+
+    host_path: str
+    container_path: str
+    read_only: bool = False
+
+
 class Device(msgspec.Struct, frozen=True, order=True):
     """One virtual device: identified by (resource_name, instance_id)."""
 
     resource_name: str
     instance_id: str
     env: tuple[tuple[str, str], ...] = ()
+    health_check: HealthCheck | None = None
+    device_nodes: tuple[DeviceNode, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    cdi_devices: tuple[str, ...] = ()
 
     def env_dict(self) -> dict[str, str]:
         """The device's environment as a dict."""
