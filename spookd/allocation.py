@@ -4,8 +4,38 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from spookd.config.model import Device
+import msgspec
+
+from spookd.config.model import Device, DeviceNode, Mount
 from spookd.naming import env_prefix
+
+
+class HostDevices(msgspec.Struct, frozen=True):
+    """What a container gets from the host besides its environment."""
+
+    device_nodes: tuple[DeviceNode, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    cdi_devices: tuple[str, ...] = ()
+
+
+def host_devices(devices: Sequence[Device]) -> HostDevices:
+    """Device nodes, mounts, annotations and CDI names of ``devices``, in instance-ID order.
+
+    Repeats are dropped (two devices may share a mount); for an annotation set by
+    several devices, the device with the lowest instance ID wins.
+    """
+    ordered = sorted(devices, key=lambda d: d.instance_id)
+    nodes = {n.container_path: n for d in reversed(ordered) for n in d.device_nodes}
+    mounts = {m.container_path: m for d in reversed(ordered) for m in d.mounts}
+    annotations = {k: v for d in reversed(ordered) for k, v in d.annotations}
+    cdi = dict.fromkeys(name for d in ordered for name in d.cdi_devices)
+    return HostDevices(
+        device_nodes=tuple(sorted(nodes.values(), key=lambda n: n.container_path)),
+        mounts=tuple(sorted(mounts.values(), key=lambda m: m.container_path)),
+        annotations=tuple(sorted(annotations.items())),
+        cdi_devices=tuple(cdi),
+    )
 
 
 def container_env(resource_name: str, devices: Sequence[Device]) -> dict[str, str]:

@@ -13,6 +13,56 @@ BAD = DATA / "bad"
 
 # file name -> (line, column, YAML path, message fragment)
 BAD_CASES: dict[str, tuple[int, int, str, str]] = {
+    "health_tcp_and_path.yaml": (
+        6,
+        22,
+        "deviceMapping[0].devices[0].healthCheck",
+        "exactly one of `tcp: host:port` or `path",
+    ),
+    "health_bad_tcp.yaml": (6, 28, "deviceMapping[0].devices[0].healthCheck.tcp", "must be host:port"),
+    "health_bad_duration.yaml": (
+        6,
+        56,
+        "deviceMapping[0].devices[0].healthCheck.interval",
+        "is not a duration",
+    ),
+    "health_bad_threshold.yaml": (
+        6,
+        57,
+        "deviceMapping[0].devices[0].healthCheck.failureThreshold",
+        "from 1 to 1000",
+    ),
+    "device_node_relative.yaml": (
+        6,
+        34,
+        "deviceMapping[0].devices[0].deviceNodes[0].hostPath",
+        "must be an absolute path",
+    ),
+    "device_node_bad_permissions.yaml": (
+        6,
+        57,
+        "deviceMapping[0].devices[0].deviceNodes[0].permissions",
+        "some of r, w and m",
+    ),
+    "mount_missing_container_path.yaml": (
+        6,
+        18,
+        "deviceMapping[0].devices[0].mounts[0]",
+        "missing key `containerPath`",
+    ),
+    "mount_read_only_string.yaml": (
+        6,
+        74,
+        "deviceMapping[0].devices[0].mounts[0].readOnly",
+        "must be true or false",
+    ),
+    "annotation_bad_name.yaml": (
+        6,
+        23,
+        "deviceMapping[0].devices[0].annotations.bad name!",
+        "must be a qualified name",
+    ),
+    "cdi_bad_name.yaml": (6, 22, "deviceMapping[0].devices[0].cdiDevices[0]", "is not a CDI device name"),
     "binary_garbage.bin": (2, 4, "", "not valid UTF-8"),
     "comment_only.yaml": (1, 1, "", "configuration is empty"),
     "conflicting_env.yaml": (
@@ -324,3 +374,29 @@ def test_large_file_error_is_found_at_its_line() -> None:
     (error,) = info.value.errors
     assert (error.line, error.column) == (len(lines), 52)
     assert error.path == f"deviceMapping[{i}].devices[0].instanceID"
+
+
+def test_host_devices_and_health_check_are_read() -> None:
+    text = """\
+deviceMapping:
+  - hosts: [n]
+    devices:
+      - resourceName: example.com/kvm
+        instanceID: kvm0
+        healthCheck: {path: /dev/kvm, interval: 500ms, timeout: 2s, failureThreshold: 2}
+        deviceNodes: [{hostPath: /dev/kvm}, {hostPath: /dev/vhost-net, containerPath: /dev/net, permissions: rwm}]
+        mounts: [{hostPath: /opt/tools, containerPath: /tools, readOnly: true}]
+        annotations: {example.com/model: x1}
+        cdiDevices: [vendor.com/class=kvm0]
+"""
+    from spookd.config import DeviceNode, HealthCheck, Mount
+
+    device = load_config(text, "t").for_node("n")["example.com/kvm"]["kvm0"]
+    assert device.health_check == HealthCheck(path="/dev/kvm", interval=0.5, timeout=2.0, failure_threshold=2)
+    assert device.device_nodes == (
+        DeviceNode("/dev/kvm", "/dev/kvm", "rw"),
+        DeviceNode("/dev/vhost-net", "/dev/net", "rwm"),
+    )
+    assert device.mounts == (Mount("/opt/tools", "/tools", read_only=True),)
+    assert device.annotations == (("example.com/model", "x1"),)
+    assert device.cdi_devices == ("vendor.com/class=kvm0",)

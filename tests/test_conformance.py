@@ -291,3 +291,42 @@ def test_unwritable_plugin_dir_is_a_clear_error_not_a_hang(
     spookd.process.send_signal(signal.SIGTERM)
     assert spookd.process.wait(timeout=5) == 0
     assert time.monotonic() - started < 5
+
+
+HOST_DEVICES = """\
+deviceMapping:
+  - hosts: [minikube]
+    devices:
+      - resourceName: example.com/kvm
+        instanceID: kvm0
+        deviceNodes: [{hostPath: /dev/kvm}, {hostPath: /dev/vhost-net, containerPath: /dev/net, permissions: rwm}]
+        mounts: [{hostPath: /opt/tools, containerPath: /tools, readOnly: true}]
+        annotations: {example.com/model: x1}
+        cdiDevices: [vendor.com/class=kvm0]
+      - resourceName: example.com/kvm
+        instanceID: kvm1
+        deviceNodes: [{hostPath: /dev/kvm}]
+        mounts: [{hostPath: /opt/tools, containerPath: /tools, readOnly: true}]
+        annotations: {example.com/model: x2, example.com/slot: "1"}
+        cdiDevices: [vendor.com/class=kvm1]
+"""
+
+
+def test_host_devices_reach_the_container_through_the_real_manager(
+    node: NodeHarness, spookd: SpookdProcess
+) -> None:
+    spookd.write(HOST_DEVICES)
+    spookd.start()
+    node.wait_for(serving({"example.com/kvm": 2}), timeout=20)
+    app = node.admit("pod-1", {"app": {"example.com/kvm": 2}}).raise_for_error().container("app")
+    assert app.devices["example.com/kvm"] == ["kvm0", "kvm1"]
+    assert sorted((d.host_path, d.container_path, d.permissions) for d in app.device_nodes) == [
+        ("/dev/kvm", "/dev/kvm", "rw"),
+        ("/dev/vhost-net", "/dev/net", "rwm"),
+    ]
+    assert [(m.host_path, m.container_path, m.read_only) for m in app.mounts] == [
+        ("/opt/tools", "/tools", True)
+    ]
+    assert app.annotations == {"example.com/model": "x1", "example.com/slot": "1"}
+    assert sorted(app.cdi_devices) == ["vendor.com/class=kvm0", "vendor.com/class=kvm1"]
+    assert app.envs["EXAMPLECOM_KVM_NUM_DEVICES"] == "2"

@@ -29,7 +29,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from loguru import logger
 
 from spookd._proto import v1beta1 as api
-from spookd.allocation import container_env, preferred_allocation
+from spookd.allocation import container_env, host_devices, preferred_allocation
 from spookd.config.model import Device
 from spookd.observe import metrics
 from spookd.plugin import convert
@@ -116,7 +116,11 @@ class DevicePluginService(api.DevicePluginBase):
         for device_ids in convert.allocate_requests(message):
             devices = server.lookup(device_ids)
             allocated += len(devices)
-            responses.append(convert.container_response(container_env(server.resource_name, devices)))
+            responses.append(
+                convert.container_response(
+                    container_env(server.resource_name, devices), host_devices(devices)
+                )
+            )
         metrics.ALLOCATIONS.labels(server.resource_name).inc(allocated)
         metrics.ALLOCATE_LATENCY.labels(server.resource_name).observe(time.perf_counter() - started)
         return api.AllocateResponse(container_responses=responses)
