@@ -23,6 +23,7 @@ from spookd import reconcile
 from spookd.config.model import Device
 from spookd.naming import assign_socket_names
 from spookd.observe import metrics
+from spookd.plugin.probes import HealthProber
 from spookd.plugin.server import ResourceServer
 from spookd.plugin.watch import watch_plugin_dir
 from spookd.sources import Accepted, Deleted, EventSink, Rejected, SourceEvent
@@ -78,6 +79,12 @@ class Reconciler:
         self._running: dict[str, _Running] = {}
         self.mailbox = Latest()
         self.applied = 0
+        self.prober = HealthProber(task_group, self._health_changed)
+
+    def _health_changed(self, resource_name: str, device_id: str, health: str) -> None:
+        running = self._running.get(resource_name)
+        if running is not None:
+            running.server.set_health(device_id, health)
 
     def servers(self) -> list[ResourceServer]:
         """The servers running now."""
@@ -103,6 +110,7 @@ class Reconciler:
         """Make the running servers match ``desired``; return what was done."""
         actions = reconcile.diff(desired, self.running_state())
         if not actions:
+            self.prober.sync(desired)
             return actions
         sockets = assign_socket_names(
             desired,
@@ -124,6 +132,8 @@ class Reconciler:
                 await self._tg.start(self._serve, running)
             else:
                 self._running[action.resource_name].server.update(action.devices)
+        # after the servers exist, so that no probe result finds no one to tell
+        self.prober.sync(desired)
         self.applied += 1
         changes = reconcile.summary(actions)
         logger.info(

@@ -30,7 +30,7 @@ from loguru import logger
 
 from spookd._proto import v1beta1 as api
 from spookd.allocation import container_env, host_devices, preferred_allocation
-from spookd.config.model import Device
+from spookd.config.model import HEALTHY, UNHEALTHY, Device
 from spookd.observe import metrics
 from spookd.plugin import convert
 
@@ -226,10 +226,25 @@ class ResourceServer:
         return devices
 
     def update(self, devices: Sequence[Device], health: Mapping[str, str] | None = None) -> None:
-        """Serve ``devices`` from now on and push one snapshot to every stream."""
+        """Serve ``devices`` from now on and push one snapshot to every stream.
+
+        Without ``health``, a device without a health check is Healthy; one with a
+        check keeps what its probes said, and starts Unhealthy until its first probe.
+        """
         self._devices = {d.instance_id: d for d in devices}
-        self._health = dict(health) if health is not None else convert.all_healthy(self._devices)
+        if health is None:
+            health = {
+                d.instance_id: self._health.get(d.instance_id, UNHEALTHY) if d.health_check else HEALTHY
+                for d in devices
+            }
+        self._health = dict(health)
         self._publish()
+
+    def set_health(self, device_id: str, health: str) -> None:
+        """A probe changed one device's health: push a snapshot if it really changed."""
+        if device_id in self._devices and self._health.get(device_id) != health:
+            self._health[device_id] = health
+            self._publish()
 
     def _publish(self) -> None:
         self._version += 1
