@@ -1,0 +1,91 @@
+"""Allocate latency over the Unix socket: Spookd and the Go reference, one Go client, alternately."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+from bench.common import WIDGET, Figure, Spookd, Target, config_yaml, short_dir, write_atomic
+from support.gobuild import build
+from support.nodeharness import GoPlugin, NodeHarness
+
+DEVICES = 64
+SIZES = (1, 8, 64)
+GO_RESOURCE = "example.com/gowidget"
+SPOOKD_SOCKET = "spookd-examplecom_widget.sock"
+
+
+def measure(
+    *, calls: int, rounds: int, warmup: int, profile: Path | None = None
+) -> tuple[list[Figure], list[dict[str, object]]]:
+    """Both plugins registered with the real device manager; allocbench alternates between them."""
+    plugin_dir = short_dir("bal-")
+    workdir = short_dir("bal-w-")
+    rows: list[dict[str, object]] = []
+    try:
+        with NodeHarness(log_dir=workdir) as node:
+            node.start(plugin_dir)
+            spookd = Spookd(workdir, plugin_dir, profile=profile)
+            write_atomic(spookd.config, config_yaml([(WIDGET, f"dev-{i}") for i in range(DEVICES)]))
+            spookd.start()
+            try:
+                go = GoPlugin(plugin_dir, GO_RESOURCE, DEVICES, log_dir=workdir).start()
+                try:
+                    node.wait_for(
+                        lambda r: r.is_registered(WIDGET)
+                        and r.capacity(WIDGET) == DEVICES
+                        and r.is_registered(GO_RESOURCE)
+                        and r.capacity(GO_RESOURCE) == DEVICES,
+                        timeout=30,
+                    )
+                    argv = [
+                        str(build("allocbench")),
+                        f"-target=spookd={plugin_dir / SPOOKD_SOCKET}",
+                        f"-target=go={go.socket_path}",
+                        "-id-prefix=dev-",
+                        f"-sizes={','.join(map(str, SIZES))}",
+                        f"-calls={calls}",
+                        f"-rounds={rounds}",
+                        f"-warmup={warmup}",
+                    ]
+                    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
+                    if done.returncode != 0:
+                        raise RuntimeError(f"allocbench failed: {done.stderr}\n{spookd.log_tail()}")
+                    for line in done.stdout.splitlines():
+                        row = json.loads(line)
+                        if not row.get("done"):
+                            rows.append(row)
+                finally:
+                    go.stop()
+            finally:
+                spookd.stop()
+    finally:
+        shutil.rmtree(plugin_dir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return figures(rows, calls), rows
+
+
+def figures(rows: list[dict[str, object]], calls: int) -> list[Figure]:
+    out = []
+    for size in SIZES:
+        for pct, limit in (("p50", 0.5), ("p99", 1.0)):
+            mine = [float(r[f"{pct}_us"]) / 1000 for r in rows if r["target"] == "spookd" and r["size"] == size]  # type: ignore[arg-type]
+            ref = [float(r[f"{pct}_us"]) / 1000 for r in rows if r["target"] == "go" and r["size"] == size]  # type: ignore[arg-type]
+            errors = sum(int(r["errors"]) for r in rows if r["size"] == size)  # type: ignore[call-overload]
+            out.append(
+                Figure(
+                    name=f"Allocate {pct}, {size} device{'s' if size > 1 else ''}",
+                    unit="ms",
+                    values=mine,
+                    reference=ref,
+                    target=Target(limit, f"≤ {limit:g} ms"),
+                    ratio_limit=3.0 if pct == "p50" else None,
+                    note=f"{len(mine)} rounds × {calls} calls"
+                    + (f"; {errors} errors" if errors else "")
+                    + f"; Go median {statistics.median(ref):.3f} ms",
+                )
+            )
+    return out
