@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from loguru import logger
@@ -67,15 +67,30 @@ class _Running:
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
+class ResourceLifecycle(Protocol):
+    """Told when this node starts and stops serving a resource (stale-resource cleanup)."""
+
+    def serving(self, resource: str) -> None:
+        """Spookd serves ``resource`` now."""
+
+    def withdrawn(self, resource: str) -> None:
+        """Spookd stopped serving ``resource``."""
+
+
 class Reconciler:
     """Owns the running servers; applies each desired state through the pure diff."""
 
     def __init__(
-        self, plugin_dir: Path, task_group: anyio.abc.TaskGroup, events: EventSink | None = None
+        self,
+        plugin_dir: Path,
+        task_group: anyio.abc.TaskGroup,
+        events: EventSink | None = None,
+        lifecycle: ResourceLifecycle | None = None,
     ) -> None:
         self.plugin_dir = plugin_dir
         self._tg = task_group
         self._events = events
+        self._lifecycle = lifecycle
         self._running: dict[str, _Running] = {}
         self.mailbox = Latest()
         self.applied = 0
@@ -129,6 +144,8 @@ class Reconciler:
                 )
                 running = _Running(server, anyio.CancelScope())
                 self._running[action.resource_name] = running
+                if self._lifecycle is not None:
+                    self._lifecycle.serving(action.resource_name)
                 await self._tg.start(self._serve, running)
             else:
                 self._running[action.resource_name].server.update(action.devices)
@@ -163,6 +180,8 @@ class Reconciler:
         await running.done.wait()
         metrics.DEVICES.remove(resource_name, "Healthy")
         metrics.DEVICES.remove(resource_name, "Unhealthy")
+        if self._lifecycle is not None:
+            self._lifecycle.withdrawn(resource_name)
         logger.info("server stopped", resource=resource_name, socket=str(running.server.socket_path))
 
 
@@ -192,12 +211,13 @@ async def run(
     state: AppState | None = None,
     extra_tasks: list[Callable[[AppState], Coroutine[Any, Any, None]]] | None = None,
     events: EventSink | None = None,
+    lifecycle: Callable[[anyio.abc.TaskGroup], ResourceLifecycle] | None = None,
 ) -> None:
     """Serve the node's devices from ``source`` until SIGTERM/SIGINT."""
     state = state or AppState(node_name=node_name)
     logger.info("starting", node=node_name, plugin_dir=str(plugin_dir))
     async with anyio.create_task_group() as tg:
-        reconciler = Reconciler(plugin_dir, tg, events)
+        reconciler = Reconciler(plugin_dir, tg, events, lifecycle(tg) if lifecycle else None)
         state.reconciler = reconciler
         tg.start_soon(_stop_on_signal, tg.cancel_scope)
         tg.start_soon(watch_plugin_dir, plugin_dir, reconciler.servers)

@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("plugin-dir", DEFAULT_PLUGIN_DIR),
         help=f"the kubelet's device plugin directory (default: {DEFAULT_PLUGIN_DIR})",
     )
+    run.add_argument(
+        "--cleanup-stale-resources",
+        action="store_true",
+        default=(_env("cleanup-stale-resources", "") or "").lower() in ("1", "true", "yes"),
+        help="remove resources this node stopped serving from the Node status once they reach 0 "
+        "(needs get and patch on nodes/status)",
+    )
     _logging_flags(run)
     run.add_argument(
         "--http-addr",
@@ -252,6 +259,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         node_name=node_name(args.node_name),
         plugin_dir=Path(args.plugin_dir),
         http_addr=http_addr,
+        cleanup_stale_resources=args.cleanup_stale_resources,
     )
     return EXIT_OK
 

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 from loguru import logger
 
-from spookd.app import AppState, run
+from spookd.app import AppState, ResourceLifecycle, run
 from spookd.sources import EventSink, SourceEvent
 
 
@@ -22,6 +22,7 @@ def run_daemon(
     node_name: str,
     plugin_dir: Path,
     http_addr: tuple[str, int] | None,
+    cleanup_stale_resources: bool = False,
 ) -> None:
     """Run until SIGTERM/SIGINT, on uvloop where it is installed."""
     state = AppState(node_name=node_name)
@@ -35,19 +36,39 @@ def run_daemon(
     async def main() -> None:
         source: AsyncIterator[SourceEvent]
         events: EventSink | None = None
+        lifecycle: Callable[[anyio.abc.TaskGroup], ResourceLifecycle] | None = None
+        api = None
+        if configmap is not None or cleanup_stale_resources:
+            from spookd.kubeapi import connect
+
+            api = await connect()
         if config is not None:
             from spookd.sources.file import watch_file
 
             source = watch_file(config)
         else:
             assert configmap is not None
-            from spookd.sources.configmap import KubeEvents, connect, watch_configmap
+            assert api is not None
+            from spookd.sources.configmap import KubeEvents, watch_configmap
 
             namespace, name = configmap.split("/")
-            api = await connect()
             source = watch_configmap(namespace, name, configmap_key, api)
             events = KubeEvents(api, node_name)
-        await run(source, node_name, plugin_dir, state=state, extra_tasks=extra, events=events)
+        if cleanup_stale_resources:
+            from spookd.cleanup import StaleResourceCleaner
+
+            cleaner_api = api
+            assert cleaner_api is not None
+            lifecycle = lambda tg: StaleResourceCleaner(cleaner_api, node_name, tg)  # noqa: E731
+        await run(
+            source,
+            node_name,
+            plugin_dir,
+            state=state,
+            extra_tasks=extra,
+            events=events,
+            lifecycle=lifecycle,
+        )
 
     use_uvloop = importlib.util.find_spec("uvloop") is not None
     logger.debug("event loop", uvloop=use_uvloop)

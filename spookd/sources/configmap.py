@@ -9,7 +9,6 @@ exponential backoff and jitter.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,13 +16,13 @@ from typing import Any
 
 import aiohttp
 import anyio
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.config.config_exception import ConfigException
 from kubernetes_asyncio.watch import Watch
 from loguru import logger
 
 from spookd.config.model import ConfigError
+from spookd.kubeapi import Backoff, connect
 from spookd.sources import Accepted, Deleted, ObjectRef, Rejected, SourceEvent
 from spookd.sources.file import parse
 
@@ -31,47 +30,8 @@ from spookd.sources.file import parse
 WATCH_SERVER_TIMEOUT = 300
 #: The client gives up on a silent connection after this long.
 CLIENT_READ_TIMEOUT = 30
-BACKOFF_FIRST = 0.2
-BACKOFF_MAX = 30.0
 #: Event messages are cut to this length (the API server's limit is 1 KiB for notes).
 EVENT_MESSAGE_MAX = 1024
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter."""
-
-    def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_MAX) -> None:
-        self.first = first
-        self.cap = cap
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt."""
-        ceiling = min(self.cap, self.first * 2**self.attempt)
-        self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        """Start again from the first delay after a success."""
-        self.attempt = 0
-
-
-async def connect(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster credentials in a pod; otherwise the current kubeconfig context."""
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        logger.info("using in-cluster credentials")
-        return client.ApiClient()
-    configuration = client.Configuration()
-    try:
-        await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    except (ConfigException, OSError) as exc:
-        raise ConnectionError(
-            f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({exc}); "
-            "set KUBECONFIG or run in a cluster"
-        ) from exc
-    logger.info("using kubeconfig", server=configuration.host)
-    return client.ApiClient(configuration)
 
 
 def _ref(configmap: Any) -> ObjectRef:
