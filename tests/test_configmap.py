@@ -193,3 +193,34 @@ def test_without_a_binding_one_clear_permission_error_and_retries(
     assert spookd.process is not None
     assert spookd.process.poll() is None, "Spookd must keep running and retrying"
     assert spookd.stop() == 0
+
+
+def test_watch_relists_after_410_gone_without_losing_an_update(
+    apiserver: ApiServer, node: NodeHarness, spookd: SpookdProcess
+) -> None:
+    api = apiserver.client()
+    namespace = new_namespace(api)
+    assert api.create(configmap(namespace, config(1))).status == 201
+    spookd.start(configmap=f"{namespace}/spookd-config", kubeconfig=apiserver.kubeconfig)
+    node.wait_for(widgets_served(1), timeout=20)
+
+    # Writes elsewhere move the store's revision past what Spookd last saw; after a
+    # compaction and a restart of the API server (a fresh watch cache), resuming
+    # from Spookd's resourceVersion can only answer 410 Gone.
+    other = {**configmap(namespace, "x"), "metadata": {"name": "unrelated", "namespace": namespace}}
+    assert api.create(other).status == 201
+    for i in range(5):
+        other["data"] = {"v": str(i)}
+        assert (
+            api.request("PUT", api.path("v1", "ConfigMap", namespace, "unrelated"), body=other).status == 200
+        )
+    apiserver.compact()
+    apiserver.restart()
+    put(api, namespace, config(2))
+    node.wait_for(widgets_served(2), timeout=30)
+    assert any(r["message"].startswith("watch expired (410 Gone)") for r in spookd.records()), (
+        spookd.log_text()
+    )
+    requests = [r for r in spookd.records() if r["message"] in ("listing ConfigMap", "watching ConfigMap")]
+    assert len(requests) <= 12, f"{len(requests)} list/watch requests"
+    assert spookd.stop() == 0

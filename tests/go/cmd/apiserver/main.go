@@ -12,6 +12,7 @@
 //	restart  stop the API server and start a new one on the same etcd
 //	down     stop the API server (clients see refused connections)
 //	up       start it again
+//	compact  compact etcd at its current revision (older watches get 410 Gone)
 //	quit     shut down (so do stdin EOF, SIGTERM and SIGINT)
 //
 // The address, CA and token stay the same across restarts: clients connect to a
@@ -49,6 +50,7 @@ import (
 	"time"
 	_ "unsafe" // for go:linkname
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/server/v3/embed"
 	"k8s.io/apiserver/pkg/storage/storagebackend"
 	"k8s.io/client-go/tools/clientcmd"
@@ -209,8 +211,10 @@ func run(workdir string, verbose bool) error {
 				api.down()
 			case "up":
 				err = api.up()
+			case "compact":
+				err = compact(ctx, etcd)
 			default:
-				err = fmt.Errorf("unknown command %q (restart, down, up, quit)", command)
+				err = fmt.Errorf("unknown command %q (restart, down, up, compact, quit)", command)
 			}
 			answer := event{Event: command, StartSeconds: time.Since(began).Seconds()}
 			if err != nil {
@@ -341,6 +345,14 @@ func (t *processTB) TempDir() string {
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	return dir
+}
+
+// compact discards etcd's history up to the current revision, so that a watch
+// from an older resourceVersion gets 410 Gone, as after a real compaction.
+func compact(ctx context.Context, e *embed.Etcd) error {
+	revision := e.Server.KV().Rev()
+	_, err := e.Server.Compact(ctx, &etcdserverpb.CompactionRequest{Revision: revision, Physical: true})
+	return err
 }
 
 // startEtcd runs etcd in this process; its data outlives API server restarts.
