@@ -96,6 +96,10 @@ class Reconciler:
         self.applied = 0
         self.prober = HealthProber(task_group, self._health_changed)
 
+    def _registration_failing(self, resource_name: str, error: str, seconds: float) -> None:
+        if self._events is not None:
+            self._tg.start_soon(self._events.registration_failing, resource_name, error, seconds)
+
     def _health_changed(self, resource_name: str, device_id: str, health: str) -> None:
         running = self._running.get(resource_name)
         if running is not None:
@@ -142,6 +146,7 @@ class Reconciler:
                     self.plugin_dir,
                     sockets[action.resource_name],
                 )
+                server.on_registration_failing = self._registration_failing
                 running = _Running(server, anyio.CancelScope())
                 self._running[action.resource_name] = running
                 if self._lifecycle is not None:

@@ -11,7 +11,7 @@ import anyio
 from loguru import logger
 
 from spookd.app import AppState, ResourceLifecycle, run
-from spookd.sources import EventSink, SourceEvent
+from spookd.sources import EventSink, ObjectRef, SourceEvent
 
 
 def run_daemon(
@@ -53,7 +53,7 @@ def run_daemon(
 
             namespace, name = configmap.split("/")
             source = watch_configmap(namespace, name, configmap_key, api)
-            events = KubeEvents(api, node_name)
+            events = KubeEvents(api, node_name, ObjectRef(namespace, name))
         if cleanup_stale_resources:
             from spookd.cleanup import StaleResourceCleaner
 

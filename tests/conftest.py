@@ -68,6 +68,7 @@ class SpookdProcess:
         user: str | None = None,
         configmap: str | None = None,
         kubeconfig: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> SpookdProcess:
         """Start serving; returns at once (wait on the node for registration)."""
         source = ["--configmap", configmap] if configmap else ["--config", str(self.config)]
@@ -78,9 +79,11 @@ class SpookdProcess:
         ]  # fmt: skip
         if user is not None:
             argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig)} if kubeconfig else None
+        environment = {**os.environ, **(env or {})}
+        if kubeconfig:
+            environment["KUBECONFIG"] = str(kubeconfig)
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(argv, stderr=log, stdin=subprocess.DEVNULL, env=env)
+            self.process = subprocess.Popen(argv, stderr=log, stdin=subprocess.DEVNULL, env=environment)
         return self
 
     def stop(self, timeout: float = 10.0) -> int:

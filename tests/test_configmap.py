@@ -224,3 +224,33 @@ def test_watch_relists_after_410_gone_without_losing_an_update(
     requests = [r for r in spookd.records() if r["message"] in ("listing ConfigMap", "watching ConfigMap")]
     assert len(requests) <= 12, f"{len(requests)} list/watch requests"
     assert spookd.stop() == 0
+
+
+def test_registration_failing_for_long_is_a_warning_event(
+    apiserver: ApiServer, spookd: SpookdProcess
+) -> None:
+    api = apiserver.client()
+    namespace = new_namespace(api)
+    assert api.create(configmap(namespace, config(1))).status == 201
+    # no kubelet in the plugin directory: registration keeps failing
+    spookd.start(
+        configmap=f"{namespace}/spookd-config",
+        kubeconfig=apiserver.kubeconfig,
+        env={"SPOOKD_REGISTRATION_EVENT_AFTER": "1"},
+    )
+
+    def failing() -> list[dict[str, Any]]:
+        return [e for e in events(api, namespace) if e["reason"] == "RegistrationFailing"]
+
+    wait_until(lambda: len(failing()) >= 2, timeout=20, what="a RegistrationFailing Event per resource")
+    reported = failing()
+    assert {e["type"] for e in reported} == {"Warning"}
+    uid = api.get("v1", "ConfigMap", "spookd-config", namespace)["metadata"]["uid"]
+    assert {e["involvedObject"].get("uid") for e in reported} == {uid}
+    messages = sorted(e["message"] for e in reported)
+    assert "example.com/thingamajig is not registered with the kubelet" in messages[0]
+    assert "example.com/widget is not registered with the kubelet" in messages[1]
+    assert all("kubelet.sock does not exist" in m for m in messages)
+    time.sleep(2)
+    assert len(failing()) == 2, "one Event per resource, not one per retry"
+    assert spookd.stop() == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import random
 import stat
 import time
@@ -42,6 +43,11 @@ BACKOFF_MAX = 5.0
 STREAM_GRACE = 0.5
 #: How long stopping waits for streams to deliver their last message.
 FLUSH_TIMEOUT = 1.0
+#: Registration failing this long is reported as a Kubernetes Event (tests shorten it).
+REGISTRATION_EVENT_AFTER = float(os.environ.get("SPOOKD_REGISTRATION_EVENT_AFTER", "60"))
+
+#: Called with (resource, error, seconds failing) once registration has failed for long.
+RegistrationFailing = Callable[[str, str, float], None]
 
 
 class PreEncoded:
@@ -189,6 +195,7 @@ class ResourceServer:
         self._registered_kubelet: FileIdentity | None = None
         self._closing = False
         self._progress = asyncio.Event()
+        self.on_registration_failing: RegistrationFailing | None = None
         self.update(devices)
 
     # -- state -----------------------------------------------------------
@@ -413,6 +420,8 @@ class ResourceServer:
     async def _register_until_done(self) -> None:
         delay = BACKOFF_FIRST
         attempt = 0
+        failing_since = time.monotonic()
+        reported = False
         while True:
             self._reregister_reason = None
             self._stream_lost = False
@@ -430,6 +439,10 @@ class ResourceServer:
                     resource=self.resource_name,
                     kubelet=str(self.kubelet_socket),
                 )
+                failing = time.monotonic() - failing_since
+                if not reported and failing >= REGISTRATION_EVENT_AFTER and self.on_registration_failing:
+                    reported = True
+                    self.on_registration_failing(self.resource_name, _describe_error(exc), failing)
                 await self._sleep_or_wake(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue

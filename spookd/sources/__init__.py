@@ -56,5 +56,8 @@ class EventSink(Protocol):
     async def deleted(self, event: Deleted) -> None:
         """The configuration disappeared; every resource was withdrawn."""
 
+    async def registration_failing(self, resource: str, error: str, seconds: float) -> None:
+        """Registering ``resource`` with the kubelet has failed for ``seconds``."""
+
 
 __all__ = ["Accepted", "Deleted", "EventSink", "ObjectRef", "Rejected", "SourceEvent"]

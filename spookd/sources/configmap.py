@@ -198,10 +198,21 @@ async def watch_configmap(
 class KubeEvents:
     """Records Kubernetes Events on the ConfigMap for what Spookd did with it."""
 
-    def __init__(self, api: client.ApiClient, node_name: str) -> None:
+    def __init__(self, api: client.ApiClient, node_name: str, configmap: ObjectRef) -> None:
         self.core = client.CoreV1Api(api)
         self.node_name = node_name
+        self.configmap = configmap
         self._warned = False
+
+    async def registration_failing(self, resource: str, error: str, seconds: float) -> None:
+        """Warning event on the ConfigMap: this node's kubelet has not taken a resource."""
+        await self._record(
+            self.configmap,
+            "Warning",
+            "RegistrationFailing",
+            f"node {self.node_name}: {resource} is not registered with the kubelet after "
+            f"{seconds:.0f}s: {error}; Spookd keeps retrying",
+        )
 
     async def applied(self, event: Accepted, changes: dict[str, list[str]]) -> None:
         """Normal event summarising the change on this node."""
@@ -233,6 +244,8 @@ class KubeEvents:
     async def _record(self, ref: ObjectRef | None, kind: str, reason: str, message: str) -> None:
         if ref is None:
             return
+        if ref.uid:
+            self.configmap = ref
         if len(message) > EVENT_MESSAGE_MAX:
             message = message[: EVENT_MESSAGE_MAX - 3] + "..."
         now = datetime.now(UTC)
