@@ -93,8 +93,8 @@ class _Stop(Exception):
 
 
 def _tag(node: Node) -> str:
-    tag = node.tag
-    return tag if isinstance(tag, str) else str(getattr(tag, "value", tag))
+    tag = node.ctag
+    return tag if isinstance(tag, str) else str(tag.trval)
 
 
 def _describe(node: Node) -> str:
