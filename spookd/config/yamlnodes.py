@@ -30,7 +30,7 @@ _SEQ = _shared_tag("tag:yaml.org,2002:seq")
 _MAP = _shared_tag("tag:yaml.org,2002:map")
 
 
-def _implicit_table() -> dict[str, list[tuple[str, Any]]]:
+def _implicit_table() -> dict[str, list[tuple[Tag, Any]]]:
     """ruamel.yaml's YAML 1.2 implicit resolvers by first character, resolved once.
 
     ruamel.yaml looks the version up again for every scalar; for a 1 MiB
@@ -40,8 +40,8 @@ def _implicit_table() -> dict[str, list[tuple[str, Any]]]:
     return {key: [(_shared_tag(str(tag)), regexp) for tag, regexp in rules] for key, rules in table.items()}
 
 
-_IMPLICIT = _implicit_table()
-_ANY_FIRST = _IMPLICIT.get(None, [])  # type: ignore[call-overload]
+_IMPLICIT: dict[str, list[tuple[Tag, Any]]] = _implicit_table()
+_ANY_FIRST: list[tuple[Tag, Any]] = _IMPLICIT.get(None, [])  # type: ignore[call-overload]
 
 
 def compose(text: str) -> Node | None:
