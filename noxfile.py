@@ -49,6 +49,20 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/ (warnings are errors)."""
+    session.install("mkdocs==1.6.1")
+    session.run("python", "-m", "mkdocs", "build", "--strict")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the Go reference plugin; writes docs/benchmarks.md (not part of the tests)."""
+    session.install("-e", ".[test]", "pyinstrument")
+    session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def fmt(session: nox.Session) -> None:
     """Format and fix what ruff can fix."""
     session.install("ruff==0.17.6")

@@ -28,8 +28,6 @@ from spookd.plugin.server import ResourceServer
 from spookd.plugin.watch import watch_plugin_dir
 from spookd.sources import Accepted, Deleted, EventSink, Rejected, SourceEvent
 
-SHUTDOWN_TIMEOUT = 4.0
-
 DesiredState = dict[str, dict[str, Device]]
 
 
@@ -47,6 +45,11 @@ class Latest:
     def __init__(self) -> None:
         self._value: Submission | None = None
         self._ready = asyncio.Event()
+
+    @property
+    def pending(self) -> bool:
+        """A desired state waits to be applied."""
+        return self._value is not None
 
     def put(self, value: Submission) -> None:
         self._value = value
@@ -94,6 +97,7 @@ class Reconciler:
         self._running: dict[str, _Running] = {}
         self.mailbox = Latest()
         self.applied = 0
+        self.applying = False
         self.prober = HealthProber(task_group, self._health_changed)
 
     def _registration_failing(self, resource_name: str, error: str, seconds: float) -> None:
@@ -117,7 +121,11 @@ class Reconciler:
         """Apply the newest desired state, forever; states that arrive meanwhile coalesce."""
         while True:
             submission = await self.mailbox.get()
-            actions = await self.apply(submission.desired)
+            self.applying = True
+            try:
+                actions = await self.apply(submission.desired)
+            finally:
+                self.applying = False
             if self._events is None:
                 continue
             if isinstance(submission.event, Deleted):
@@ -202,6 +210,8 @@ class AppState:
         """Ready when a valid config is loaded and every resource is registered and streaming."""
         if not self.config_loaded or self.reconciler is None:
             return False, "no valid configuration loaded yet"
+        if self.reconciler.mailbox.pending or self.reconciler.applying:
+            return False, "applying a new configuration"
         waiting = [s.resource_name for s in self.reconciler.servers() if not (s.registered and s.streaming)]
         if waiting:
             return False, "not registered with the kubelet yet: " + ", ".join(sorted(waiting))
@@ -246,7 +256,7 @@ async def _consume(
     async for event in source:
         if isinstance(event, Accepted):
             desired = event.config.for_node(node_name)
-            metrics.CONFIG_RELOADS.labels("applied").inc()
+            metrics.CONFIG_RELOADS.labels("accepted").inc()
             metrics.LAST_GOOD_CONFIG.set(time.time())
             state.config_loaded = True
             logger.info(

@@ -97,15 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render", help="show what a node would advertise and inject")
     render.add_argument("file", metavar="FILE", help="YAML configuration")
-    render.add_argument("--node", required=True, metavar="NAME", help="node name to render for")
+    render.add_argument(
+        "--node",
+        required=_env("node") is None,
+        default=_env("node"),
+        metavar="NAME",
+        help="node name to render for",
+    )
     render.add_argument(
         "--allocate",
         action="append",
-        default=[],
+        default=(_env("allocate") or "").split(),
         metavar="RESOURCE=ID[,ID...]",
         help="devices to allocate (repeatable; default: the first device of each resource)",
     )
-    render.add_argument("--output", choices=("text", "json"), default="text", help="output format")
+    render.add_argument(
+        "--output", choices=("text", "json"), default=_env("output", "text"), help="output format"
+    )
     return parser
 
 
@@ -172,6 +180,10 @@ def _parse_allocation(specs: list[str]) -> dict[str, list[str]]:
 
 def cmd_render(args: argparse.Namespace) -> int:
     """Show what ``--node`` would advertise and the environment of an allocation."""
+    if args.output not in ("text", "json"):
+        raise UsageError(
+            f"argument --output (or SPOOKD_OUTPUT): invalid choice: {args.output!r} (choose from text, json)"
+        )
     from spookd.allocation import container_env
     from spookd.config import ConfigInvalid, load_config
 

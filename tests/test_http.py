@@ -79,7 +79,7 @@ def test_probes_and_metrics_follow_what_spookd_does(node: NodeHarness, spookd: S
         timeout=20,
     )
     eventually(lambda: get(f"{base}/readyz")[0] == 200)
-    assert metric(base, "spookd_config_reloads_total", result="applied") == 1
+    assert metric(base, "spookd_config_reloads_total", result="accepted") == 1
     assert metric(base, "spookd_config_last_good_timestamp_seconds") > 0
     assert metric(base, "spookd_devices", resource="example.com/widget", health="Healthy") == 1
     assert metric(base, "spookd_devices", resource="example.com/widget", health="Unhealthy") == 0

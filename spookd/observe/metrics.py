@@ -41,12 +41,12 @@ REGISTRATIONS = Counter(
 )
 KUBELET_RESTARTS = Counter(
     "spookd_kubelet_restarts",
-    "Kubelet restarts seen (kubelet.sock recreated or plugin sockets deleted).",
+    "Kubelet restarts seen (kubelet.sock replaced by a new file).",
     registry=REGISTRY,
 )
 CONFIG_RELOADS = Counter(
     "spookd_config_reloads",
-    "Configuration versions seen, by result (applied, rejected, deleted).",
+    "Configuration versions seen, by result (accepted, rejected, deleted).",
     ["result"],
     registry=REGISTRY,
 )
