@@ -13,6 +13,7 @@ BAD = DATA / "bad"
 
 # file name -> (line, column, YAML path, message fragment)
 BAD_CASES: dict[str, tuple[int, int, str, str]] = {
+    "exclusive_not_bool.yaml": (1, 12, "exclusive", "exclusive must be true or false, got a string"),
     "health_tcp_and_path.yaml": (
         6,
         22,
@@ -400,3 +401,10 @@ deviceMapping:
     assert device.mounts == (Mount("/opt/tools", "/tools", read_only=True),)
     assert device.annotations == (("example.com/model", "x1"),)
     assert device.cdi_devices == ("vendor.com/class=kvm0",)
+
+
+def test_exclusive_devices_are_the_ones_listed_for_several_hosts() -> None:
+    text = (DATA / "good" / "lab.yaml").read_text()
+    assert load_config(text, "lab.yaml").shared_devices() == frozenset()
+    shared = load_config("exclusive: true\n" + text, "lab.yaml").shared_devices()
+    assert shared == {("skao.int/oscilloscope", "0001"), ("skao.int/signal-generator", "0001")}

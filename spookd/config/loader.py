@@ -58,7 +58,7 @@ _MAX_DNS_SUBDOMAIN = 253
 # domain may use at most 253 - len("requests.") characters.
 _REQUESTS_PREFIX = "requests."
 
-_TOP_KEYS = ("deviceMapping",)
+_TOP_KEYS = ("deviceMapping", "exclusive")
 _MAPPING_KEYS = ("hosts", "devices")
 _DEVICE_KEYS = (
     "resourceName",
@@ -144,6 +144,7 @@ class _Validator:
         self.seen: dict[tuple[str, str], tuple[Device, _Place]] = {}
         self.resource_places: dict[str, _Place] = {}
         self.resource_keys: dict[str, set[str]] = {}
+        self.exclusive = False
 
     # -- reporting -------------------------------------------------------
 
@@ -181,7 +182,7 @@ class _Validator:
         if root is None:
             self.fatal(1, 1, "the configuration is empty; write `deviceMapping: []` to serve no devices")
         mappings = self._top(root)
-        return Config(mappings=tuple(mappings)) if not self.errors else None
+        return Config(mappings=tuple(mappings), exclusive=self.exclusive) if not self.errors else None
 
     def _decode(self, data: bytes) -> str:
         try:
@@ -245,7 +246,13 @@ class _Validator:
                 f"the configuration must be a mapping with the key `deviceMapping`, got {_describe(root)}",
             )
             return []
-        keys = self._keys("", root, _TOP_KEYS, _TOP_KEYS)
+        keys = self._keys("", root, _TOP_KEYS, ("deviceMapping",))
+        flag = keys.get("exclusive")
+        if flag is not None:
+            if isinstance(flag, ScalarNode) and _tag(flag) == _BOOL:
+                self.exclusive = flag.value.lower() == "true"
+            else:
+                self.error("exclusive", flag, f"exclusive must be true or false, got {_describe(flag)}")
         node = keys.get("deviceMapping")
         if node is None:
             return []

@@ -69,6 +69,8 @@ class Config(msgspec.Struct, frozen=True):
     """A whole validated configuration."""
 
     mappings: tuple[DeviceMapping, ...] = ()
+    #: Devices listed for several hosts are held by one node at a time (SPEC §10).
+    exclusive: bool = False
 
     def for_node(self, node_name: str) -> dict[str, dict[str, Device]]:
         """The union of the devices of every mapping that lists ``node_name``."""
@@ -79,6 +81,17 @@ class Config(msgspec.Struct, frozen=True):
                 for device in mapping.devices:
                     desired.setdefault(device.resource_name, {})[device.instance_id] = device
         return desired
+
+    def shared_devices(self) -> frozenset[tuple[str, str]]:
+        """(resource, instance ID) of devices that need cross-host claims: listed for
+        several hosts while ``exclusive`` is on; empty otherwise."""
+        if not self.exclusive:
+            return frozenset()
+        hosts: dict[tuple[str, str], set[str]] = {}
+        for mapping in self.mappings:
+            for device in mapping.devices:
+                hosts.setdefault((device.resource_name, device.instance_id), set()).update(mapping.hosts)
+        return frozenset(key for key, names in hosts.items() if len(names) > 1)
 
     def nodes(self) -> list[str]:
         """Every node name the configuration mentions, sorted."""
