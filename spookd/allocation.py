@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import msgspec
 
@@ -55,14 +55,15 @@ def container_env(resource_name: str, devices: Sequence[Device]) -> dict[str, st
     return env
 
 
-def preferred_allocation(available: Iterable[str], must_include: Iterable[str], size: int) -> list[str]:
-    """``must_include`` first, then the lowest-sorted other available IDs, up to ``size``."""
+def preferred_allocation(
+    available: Iterable[str], must_include: Iterable[str], size: int, avoid: Collection[str] = ()
+) -> list[str]:
+    """``must_include`` first, then the lowest-sorted other available IDs, up to ``size``.
+
+    IDs in ``avoid`` (held by another node) come only after every other one.
+    """
     chosen = list(dict.fromkeys(must_include))
-    if len(chosen) >= size:
-        return chosen
     picked = set(chosen)
-    for device_id in sorted(set(available) - picked):
-        if len(chosen) >= size:
-            break
-        chosen.append(device_id)
+    rest = sorted(set(available) - picked, key=lambda i: (i in avoid, i))
+    chosen.extend(rest[: max(0, size - len(chosen))])
     return chosen

@@ -23,6 +23,7 @@ from spookd import reconcile
 from spookd.config.model import Device
 from spookd.naming import assign_socket_names
 from spookd.observe import metrics
+from spookd.plugin.claims import Claims
 from spookd.plugin.probes import HealthProber
 from spookd.plugin.server import ResourceServer
 from spookd.plugin.watch import watch_plugin_dir
@@ -37,6 +38,8 @@ class Submission:
 
     desired: DesiredState
     event: Accepted | Deleted
+    #: (resource, instance ID) of this node's devices that need cross-host claims
+    shared: frozenset[tuple[str, str]] = frozenset()
 
 
 class Latest:
@@ -80,6 +83,19 @@ class ResourceLifecycle(Protocol):
         """Spookd stopped serving ``resource``."""
 
 
+class SharedClaims(Claims, Protocol):
+    """Cross-host claims as the reconciler drives them (spookd.exclusive.LeaseClaims)."""
+
+    def set_shared(self, shared: frozenset[tuple[str, str]]) -> None:
+        """This node's devices that need claims now."""
+
+    def blocked(self, resource: str) -> set[str]:
+        """Devices of ``resource`` another node holds."""
+
+    async def run(self) -> None:
+        """Renew, release and watch claims until cancelled."""
+
+
 class Reconciler:
     """Owns the running servers; applies each desired state through the pure diff."""
 
@@ -98,7 +114,28 @@ class Reconciler:
         self.mailbox = Latest()
         self.applied = 0
         self.applying = False
+        self.claims: SharedClaims | None = None
         self.prober = HealthProber(task_group, self._health_changed)
+
+    def _share(self, shared: frozenset[tuple[str, str]]) -> None:
+        if self.claims is not None:
+            self.claims.set_shared(shared)
+            return
+        # Without the Kubernetes API no claim can be made: shared devices are offered
+        # nowhere rather than possibly twice.
+        if shared:
+            logger.error(
+                "exclusive: true needs the Kubernetes API to claim shared devices; run with --configmap "
+                "or --lease-namespace. Shared devices are reported Unhealthy until then."
+            )
+        for resource, running in self._running.items():
+            running.server.set_blocked({i for r, i in shared if r == resource})
+
+    def blocked_changed(self, resource_name: str, device_ids: set[str]) -> None:
+        """Claims say which devices of a resource another node holds now."""
+        running = self._running.get(resource_name)
+        if running is not None:
+            running.server.set_blocked(device_ids)
 
     def _registration_failing(self, resource_name: str, error: str, seconds: float) -> None:
         if self._events is not None:
@@ -124,6 +161,7 @@ class Reconciler:
             self.applying = True
             try:
                 actions = await self.apply(submission.desired)
+                self._share(submission.shared)
             finally:
                 self.applying = False
             if self._events is None:
@@ -155,6 +193,9 @@ class Reconciler:
                     sockets[action.resource_name],
                 )
                 server.on_registration_failing = self._registration_failing
+                if self.claims is not None:
+                    server.claims = self.claims
+                    server.blocked = self.claims.blocked(action.resource_name)
                 running = _Running(server, anyio.CancelScope())
                 self._running[action.resource_name] = running
                 if self._lifecycle is not None:
@@ -227,12 +268,16 @@ async def run(
     extra_tasks: list[Callable[[AppState], Coroutine[Any, Any, None]]] | None = None,
     events: EventSink | None = None,
     lifecycle: Callable[[anyio.abc.TaskGroup], ResourceLifecycle] | None = None,
+    claims: Callable[[Callable[[str, set[str]], None]], SharedClaims] | None = None,
 ) -> None:
     """Serve the node's devices from ``source`` until SIGTERM/SIGINT."""
     state = state or AppState(node_name=node_name)
     logger.info("starting", node=node_name, plugin_dir=str(plugin_dir))
     async with anyio.create_task_group() as tg:
         reconciler = Reconciler(plugin_dir, tg, events, lifecycle(tg) if lifecycle else None)
+        if claims is not None:
+            reconciler.claims = claims(reconciler.blocked_changed)
+            tg.start_soon(reconciler.claims.run)
         state.reconciler = reconciler
         tg.start_soon(_stop_on_signal, tg.cancel_scope)
         tg.start_soon(watch_plugin_dir, plugin_dir, reconciler.servers)
@@ -265,7 +310,8 @@ async def _consume(
                 resources=len(desired),
                 devices=sum(len(d) for d in desired.values()),
             )
-            reconciler.mailbox.put(Submission(desired, event))
+            shared = frozenset(k for k in event.config.shared_devices() if k[1] in desired.get(k[0], {}))
+            reconciler.mailbox.put(Submission(desired, event, shared))
         elif isinstance(event, Rejected):
             metrics.CONFIG_RELOADS.labels("rejected").inc()
             logger.error(

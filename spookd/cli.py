@@ -20,6 +20,7 @@ from spookd import __version__
 EXIT_OK = 0
 EXIT_INVALID = 2
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
+DEFAULT_POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
 
 class UsageError(Exception):
@@ -83,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=(_env("cleanup-stale-resources", "") or "").lower() in ("1", "true", "yes"),
         help="remove resources this node stopped serving from the Node status once they reach 0 "
         "(needs get and patch on nodes/status)",
+    )
+    run.add_argument(
+        "--lease-namespace",
+        metavar="NAMESPACE",
+        default=_env("lease-namespace"),
+        help="namespace of the Leases that make shared devices exclusive "
+        "(default: the ConfigMap's namespace; needed with --config for `exclusive: true`)",
+    )
+    run.add_argument(
+        "--pod-resources-socket",
+        metavar="PATH",
+        default=_env("pod-resources-socket", DEFAULT_POD_RESOURCES_SOCKET),
+        help="the kubelet's PodResources socket, read to release claims "
+        f"(default: {DEFAULT_POD_RESOURCES_SOCKET})",
     )
     _logging_flags(run)
     run.add_argument(
@@ -272,6 +287,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         plugin_dir=Path(args.plugin_dir),
         http_addr=http_addr,
         cleanup_stale_resources=args.cleanup_stale_resources,
+        lease_namespace=args.lease_namespace,
+        pod_resources_socket=args.pod_resources_socket,
     )
     return EXIT_OK
 

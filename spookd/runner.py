@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 from loguru import logger
 
-from spookd.app import AppState, ResourceLifecycle, run
+from spookd.app import AppState, ResourceLifecycle, SharedClaims, run
 from spookd.sources import EventSink, ObjectRef, SourceEvent
 
 
@@ -23,6 +23,8 @@ def run_daemon(
     plugin_dir: Path,
     http_addr: tuple[str, int] | None,
     cleanup_stale_resources: bool = False,
+    lease_namespace: str | None = None,
+    pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock",
 ) -> None:
     """Run until SIGTERM/SIGINT, on uvloop where it is installed."""
     state = AppState(node_name=node_name)
@@ -38,7 +40,8 @@ def run_daemon(
         events: EventSink | None = None
         lifecycle: Callable[[anyio.abc.TaskGroup], ResourceLifecycle] | None = None
         api = None
-        if configmap is not None or cleanup_stale_resources:
+        claims: Callable[[Callable[[str, set[str]], None]], SharedClaims] | None = None
+        if configmap is not None or cleanup_stale_resources or lease_namespace:
             from spookd.kubeapi import connect
 
             api = await connect()
@@ -60,6 +63,14 @@ def run_daemon(
             cleaner_api = api
             assert cleaner_api is not None
             lifecycle = lambda tg: StaleResourceCleaner(cleaner_api, node_name, tg)  # noqa: E731
+        if api is not None:
+            from spookd.exclusive import LeaseClaims
+
+            claims_api = api
+            namespace_for_leases = lease_namespace or (configmap.split("/")[0] if configmap else "default")
+            claims = lambda blocked: LeaseClaims(  # noqa: E731
+                claims_api, namespace_for_leases, node_name, pod_resources_socket, blocked
+            )
         await run(
             source,
             node_name,
@@ -68,6 +79,7 @@ def run_daemon(
             extra_tasks=extra,
             events=events,
             lifecycle=lifecycle,
+            claims=claims,
         )
 
     use_uvloop = importlib.util.find_spec("uvloop") is not None

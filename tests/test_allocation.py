@@ -69,3 +69,9 @@ def test_preferred_allocation_respects_size_and_must_include(
     assert len(chosen) == size
     assert len(set(chosen)) == len(chosen)
     assert set(chosen) <= available
+
+
+def test_preferred_allocation_avoids_devices_held_elsewhere() -> None:
+    assert preferred_allocation(["1", "2", "3"], [], 2, avoid={"1"}) == ["2", "3"]
+    assert preferred_allocation(["1", "2", "3"], [], 3, avoid={"1"}) == ["2", "3", "1"]
+    assert preferred_allocation(["1", "2"], ["1"], 1, avoid={"1"}) == ["1"]

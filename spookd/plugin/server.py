@@ -34,6 +34,7 @@ from spookd.allocation import container_env, host_devices, preferred_allocation
 from spookd.config.model import HEALTHY, UNHEALTHY, Device
 from spookd.observe import metrics
 from spookd.plugin import convert
+from spookd.plugin.claims import ClaimRefused, Claims
 
 KUBELET_SOCKET = "kubelet.sock"
 REGISTER_TIMEOUT = 5.0
@@ -110,7 +111,8 @@ class DevicePluginService(api.DevicePluginBase):
         self, message: api.PreferredAllocationRequest
     ) -> api.PreferredAllocationResponse:
         return convert.preferred_response(
-            preferred_allocation(available, must, size)
+            # devices another node holds go last: the kubelet should not pick them
+            preferred_allocation(available, must, size, avoid=self._server.blocked)
             for available, must, size in convert.preferred_requests(message)
         )
 
@@ -121,6 +123,12 @@ class DevicePluginService(api.DevicePluginBase):
         allocated = 0
         for device_ids in convert.allocate_requests(message):
             devices = server.lookup(device_ids)
+            if server.claims is not None:
+                try:
+                    await server.claims.claim(server.resource_name, device_ids)
+                except ClaimRefused as exc:
+                    metrics.ALLOCATE_ERRORS.labels(server.resource_name).inc()
+                    raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION, str(exc)) from None
             allocated += len(devices)
             responses.append(
                 convert.container_response(
@@ -196,6 +204,8 @@ class ResourceServer:
         self._closing = False
         self._progress = asyncio.Event()
         self.on_registration_failing: RegistrationFailing | None = None
+        self.claims: Claims | None = None
+        self.blocked: set[str] = set()
         self.update(devices)
 
     # -- state -----------------------------------------------------------
@@ -247,15 +257,26 @@ class ResourceServer:
         self._health = dict(health)
         self._publish()
 
+    def set_blocked(self, device_ids: set[str]) -> None:
+        """Devices another node holds: reported Unhealthy here until released."""
+        if device_ids != self.blocked:
+            self.blocked = set(device_ids)
+            self._publish()
+
     def set_health(self, device_id: str, health: str) -> None:
         """A probe changed one device's health: push a snapshot if it really changed."""
         if device_id in self._devices and self._health.get(device_id) != health:
             self._health[device_id] = health
             self._publish()
 
+    def _effective_health(self) -> dict[str, str]:
+        if not self.blocked:
+            return self._health
+        return {i: UNHEALTHY if i in self.blocked else h for i, h in self._health.items()}
+
     def _publish(self) -> None:
         self._version += 1
-        self._encoded = PreEncoded(convert.snapshot(self._health))
+        self._encoded = PreEncoded(convert.snapshot(self._effective_health()))
         for watcher in self._watchers:
             watcher.offer((self._version, self._encoded))
         self._record_device_metrics()
@@ -263,12 +284,13 @@ class ResourceServer:
             "devices reported",
             resource=self.resource_name,
             count=len(self._health),
+            unhealthy=sum(h == UNHEALTHY for h in self._effective_health().values()),
             streams=len(self._watchers),
         )
 
     def _record_device_metrics(self) -> None:
         counts = {"Healthy": 0, "Unhealthy": 0}
-        for health in self._health.values():
+        for health in self._effective_health().values():
             counts[health] = counts.get(health, 0) + 1
         for health, count in counts.items():
             metrics.DEVICES.labels(self.resource_name, health).set(count)
