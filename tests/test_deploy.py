@@ -287,7 +287,8 @@ def test_rendered_configuration_is_what_spookd_accepts(helm: Helm, case: str, tm
     rendered = load_documents(text)[0]
     source = load_documents((values_file or CHART / "values.yaml").read_text())[0]
     # Same data, same types: quoted IDs stay strings, big integers stay integers.
-    assert rendered == {"deviceMapping": source["deviceMapping"]}
+    exclusive = bool(source.get("rbac", {}).get("exclusive"))
+    assert rendered == {"deviceMapping": source["deviceMapping"], **({"exclusive": True} if exclusive else {})}
     if case == "large-mapping":
         assert sum(len(m["devices"]) for m in rendered["deviceMapping"]) == 500
     path = tmp_path / key
