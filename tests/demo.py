@@ -18,16 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import walkthrough
 from support.nodeharness import NodeHarness
 
-WALKTHROUGH = """\
-deviceMapping:
-  - hosts: [minikube]
-    devices:
-      - {resourceName: example.com/widget, instanceID: "0001", env: {IP: 192.168.0.200, PORT: 12345}}
-      - {resourceName: example.com/thingamajig, instanceID: A1234}
-      - {resourceName: example.com/thingamajig, instanceID: B5678}
-"""
+WALKTHROUGH = walkthrough.CONFIG
 POD = {"app": {"example.com/widget": 1, "example.com/thingamajig": 1}}
 
 

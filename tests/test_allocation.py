@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import walkthrough
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,23 +13,6 @@ from spookd.config import Device, load_config
 
 WALKTHROUGH = Path(__file__).parent / "data" / "good" / "walkthrough.yaml"
 
-EXPECTED_WALKTHROUGH_ENV = {
-    "EXAMPLECOM_WIDGET_DEV0_ID": "0001",
-    "EXAMPLECOM_WIDGET_DEV0_IP": "192.168.0.200",
-    "EXAMPLECOM_WIDGET_DEV0_PORT": "12345",
-    "EXAMPLECOM_WIDGET_DEV0_TYPE": "example.com/widget",
-    "EXAMPLECOM_WIDGET_ID": "0001",
-    "EXAMPLECOM_WIDGET_IP": "192.168.0.200",
-    "EXAMPLECOM_WIDGET_PORT": "12345",
-    "EXAMPLECOM_WIDGET_TYPE": "example.com/widget",
-    "EXAMPLECOM_WIDGET_NUM_DEVICES": "1",
-    "EXAMPLECOM_THINGAMAJIG_DEV0_ID": "A1234",
-    "EXAMPLECOM_THINGAMAJIG_DEV0_TYPE": "example.com/thingamajig",
-    "EXAMPLECOM_THINGAMAJIG_ID": "A1234",
-    "EXAMPLECOM_THINGAMAJIG_TYPE": "example.com/thingamajig",
-    "EXAMPLECOM_THINGAMAJIG_NUM_DEVICES": "1",
-}
-
 
 def test_walkthrough_environment_is_exactly_the_spec() -> None:
     node = load_config(WALKTHROUGH.read_text(), "w").for_node("minikube")
@@ -36,7 +20,7 @@ def test_walkthrough_environment_is_exactly_the_spec() -> None:
         **container_env("example.com/widget", [node["example.com/widget"]["0001"]]),
         **container_env("example.com/thingamajig", [node["example.com/thingamajig"]["A1234"]]),
     }
-    assert env == EXPECTED_WALKTHROUGH_ENV
+    assert env == walkthrough.ENV
 
 
 def test_devices_are_numbered_in_instance_id_order() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import walkthrough
 from conftest import SpookdProcess
 from support.nodeharness import AdmitResult, NodeHarness, Resources
 
@@ -26,31 +27,7 @@ WIDGET = "example.com/widget"
 THING = "example.com/thingamajig"
 POD = {"app": {WIDGET: 1, THING: 1}}
 
-WALKTHROUGH = """\
-deviceMapping:
-  - hosts: [minikube]
-    devices:
-      - {resourceName: example.com/widget, instanceID: "0001", env: {IP: 192.168.0.200, PORT: 12345}}
-      - {resourceName: example.com/thingamajig, instanceID: A1234}
-      - {resourceName: example.com/thingamajig, instanceID: B5678}
-"""
-
-EXPECTED_ENV = {
-    "EXAMPLECOM_WIDGET_DEV0_ID": "0001",
-    "EXAMPLECOM_WIDGET_DEV0_IP": "192.168.0.200",
-    "EXAMPLECOM_WIDGET_DEV0_PORT": "12345",
-    "EXAMPLECOM_WIDGET_DEV0_TYPE": "example.com/widget",
-    "EXAMPLECOM_WIDGET_ID": "0001",
-    "EXAMPLECOM_WIDGET_IP": "192.168.0.200",
-    "EXAMPLECOM_WIDGET_PORT": "12345",
-    "EXAMPLECOM_WIDGET_TYPE": "example.com/widget",
-    "EXAMPLECOM_WIDGET_NUM_DEVICES": "1",
-    "EXAMPLECOM_THINGAMAJIG_DEV0_ID": "A1234",
-    "EXAMPLECOM_THINGAMAJIG_DEV0_TYPE": "example.com/thingamajig",
-    "EXAMPLECOM_THINGAMAJIG_ID": "A1234",
-    "EXAMPLECOM_THINGAMAJIG_TYPE": "example.com/thingamajig",
-    "EXAMPLECOM_THINGAMAJIG_NUM_DEVICES": "1",
-}
+WALKTHROUGH = walkthrough.CONFIG
 
 
 def widgets(*ids: str) -> str:
@@ -114,7 +91,7 @@ def test_walkthrough_allocation_through_the_real_manager(node: NodeHarness, spoo
     app = first.container("app")
     assert app.devices[WIDGET] == ["0001"]
     assert app.devices[THING] == ["A1234"], "GetPreferredAllocation answers the lowest ID"
-    assert app.envs == EXPECTED_ENV
+    assert app.envs == walkthrough.ENV
     second = node.admit("pod-2", POD, name="spookd-test-2")
     assert not second.ok
     assert "example.com/widget" in (second.error or "")

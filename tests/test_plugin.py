@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 import grpclib
 import pytest
+import walkthrough
 from anyio.streams.memory import MemoryObjectSendStream
 from kubelet_double import running_kubelet
 
@@ -93,22 +94,7 @@ async def test_allocate_injects_the_walkthrough_environment(plugin_dir: Path) ->
         widget = await kubelet.allocate("example.com/widget", ["0001"])
         thing = await kubelet.allocate("example.com/thingamajig", ["A1234"])
         env = {**widget.container_responses[0].envs, **thing.container_responses[0].envs}
-        assert env == {
-            "EXAMPLECOM_WIDGET_DEV0_ID": "0001",
-            "EXAMPLECOM_WIDGET_DEV0_IP": "192.168.0.200",
-            "EXAMPLECOM_WIDGET_DEV0_PORT": "12345",
-            "EXAMPLECOM_WIDGET_DEV0_TYPE": "example.com/widget",
-            "EXAMPLECOM_WIDGET_ID": "0001",
-            "EXAMPLECOM_WIDGET_IP": "192.168.0.200",
-            "EXAMPLECOM_WIDGET_PORT": "12345",
-            "EXAMPLECOM_WIDGET_TYPE": "example.com/widget",
-            "EXAMPLECOM_WIDGET_NUM_DEVICES": "1",
-            "EXAMPLECOM_THINGAMAJIG_DEV0_ID": "A1234",
-            "EXAMPLECOM_THINGAMAJIG_DEV0_TYPE": "example.com/thingamajig",
-            "EXAMPLECOM_THINGAMAJIG_ID": "A1234",
-            "EXAMPLECOM_THINGAMAJIG_TYPE": "example.com/thingamajig",
-            "EXAMPLECOM_THINGAMAJIG_NUM_DEVICES": "1",
-        }
+        assert env == walkthrough.ENV
 
 
 async def test_allocate_answers_one_response_per_container(plugin_dir: Path) -> None:
