@@ -50,6 +50,13 @@
 //     start; the harness always reports ready (steady state), so after a
 //     restart the checkpointed allocations of still-active pods are kept and
 //     those of unknown pods are freed at the next UpdateAllocatedDevices.
+//   - The kubelet serves the PodResources API (List, GetAllocatableResources,
+//     Get) on /var/lib/kubelet/pod-resources/kubelet.sock; with
+//     -pod-resources-socket PATH the harness serves it, with the kubelet's own
+//     server code, on PATH (see podresources.go). List, like the kubelet's,
+//     runs UpdateAllocatedDevices first. Unlike a real kubelet restart, the
+//     "restart" op keeps that socket (and its connections) up; calls are
+//     answered by whichever device manager is current.
 package main
 
 import (
@@ -137,9 +144,30 @@ type harness struct {
 	pods   map[string]*v1.Pod // the kubelet's active pods
 	order  []string           // admission order, for stable output
 
+	// dm is replaced by "restart" (on the main goroutine, under dmMu); other
+	// goroutines (the podresources server) read it via manager().
+	dmMu sync.RWMutex
 	dm   *devicemanager.ManagerImpl
 	tm   topologymanager.Manager
 	prov *recordingProvider
+
+	stopPodResources func() // nil without -pod-resources-socket
+}
+
+// manager is the current device manager, for goroutines other than the main one.
+func (h *harness) manager() *devicemanager.ManagerImpl {
+	h.dmMu.RLock()
+	defer h.dmMu.RUnlock()
+	return h.dm
+}
+
+// shutdown stops the device manager and the podresources server.
+func (h *harness) shutdown() error {
+	err := h.manager().Stop(h.logger)
+	if h.stopPodResources != nil {
+		h.stopPodResources()
+	}
+	return err
 }
 
 func (h *harness) activePods() []*v1.Pod {
@@ -174,7 +202,9 @@ func (h *harness) startManager() error {
 	if err := dm.Start(h.logger, h.activePods, alwaysReady{}, containermap.NewContainerMap(), sets.New[string]()); err != nil {
 		return fmt.Errorf("device manager start: %w", err)
 	}
+	h.dmMu.Lock()
 	h.dm, h.tm, h.prov = dm, tm, prov
+	h.dmMu.Unlock()
 	return nil
 }
 
@@ -604,6 +634,7 @@ func main() {
 	klog.InitFlags(nil)
 	allowUnmounted := flag.Bool("allow-unmounted", false, "start even if "+pluginapi.DevicePluginPath+" is not a mount point (DANGER: deletes every socket in it)")
 	gates := flag.String("feature-gates", "", "kubelet feature gates, e.g. ResourceHealthStatus=true")
+	podResourcesSocket := flag.String("pod-resources-socket", "", "serve the kubelet's PodResources API (v1, v1alpha1) on this Unix socket (a path outside the plugin dir, which the device manager empties on start)")
 	flag.Parse()
 
 	logger := klog.Background()
@@ -624,6 +655,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "nodeharness:", err)
 		os.Exit(1)
 	}
+	if *podResourcesSocket != "" {
+		stop, err := h.servePodResources(*podResourcesSocket)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "nodeharness:", err)
+			_ = h.dm.Stop(logger)
+			os.Exit(1)
+		}
+		h.stopPodResources = stop
+	}
 
 	out := bufio.NewWriter(os.Stdout)
 	var outMu sync.Mutex
@@ -638,14 +678,14 @@ func main() {
 		out.Flush()
 		outMu.Unlock()
 	}
-	emit(reply{"ready": true, "socket": filepath.Join(dir, "kubelet.sock"), "pid": os.Getpid()})
+	emit(reply{"ready": true, "socket": filepath.Join(dir, "kubelet.sock"), "pod_resources_socket": *podResourcesSocket, "pid": os.Getpid()})
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		s := <-sig
 		logger.Info("Signal received, stopping", "signal", s)
-		_ = h.dm.Stop(logger)
+		_ = h.shutdown()
 		os.Exit(0)
 	}()
 
@@ -676,7 +716,7 @@ func main() {
 		case "restart":
 			r = h.opRestart()
 		case "stop":
-			err := h.dm.Stop(logger)
+			err := h.shutdown()
 			if err != nil {
 				emit(reply{"ok": false, "op": "stop", "error": err.Error()})
 				os.Exit(1)
@@ -690,5 +730,5 @@ func main() {
 		emit(r)
 	}
 	// stdin closed: the controller went away.
-	_ = h.dm.Stop(logger)
+	_ = h.shutdown()
 }
