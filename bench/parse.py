@@ -1,0 +1,116 @@
+"""Parse + validate of large configs, and the event-loop lag while a parse runs off the loop."""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import statistics
+import time
+
+import anyio
+
+from bench.common import Figure, Target, config_yaml, fmt
+
+SOURCE = "/etc/spookd/config.yaml"
+TICK = 0.001
+
+
+def big_config(devices: int, resources: int = 10) -> bytes:
+    """``devices`` devices spread over ``resources`` resources, block style, two env keys each."""
+    pairs = [(f"example.com/r{i % resources:03d}", f"dev-{i:06d}") for i in range(devices)]
+    return config_yaml(pairs).encode()
+
+
+def parse_times(data: bytes, reps: int) -> list[float]:
+    from spookd.config import load_config
+
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        config = load_config(data, SOURCE)
+        times.append((time.perf_counter() - started) * 1000)
+        del config
+    return times
+
+
+def loop_lag(data: bytes | None, duration: float = 0.0) -> tuple[float, float, int]:
+    """Max and p99 lateness (ms) of a 1 ms ticker on Spookd's loop while ``parse`` runs in a thread."""
+    from spookd.sources.file import parse
+
+    lags: list[float] = []
+
+    async def main() -> None:
+        done = anyio.Event()
+
+        async def ticker() -> None:
+            while not done.is_set():
+                before = time.perf_counter()
+                await anyio.sleep(TICK)
+                lags.append((time.perf_counter() - before - TICK) * 1000)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await anyio.sleep(0.05)
+            lags.clear()
+            if data is None:
+                await anyio.sleep(duration)
+            else:
+                await parse(data, SOURCE)
+            done.set()
+
+    anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
+    ordered = sorted(lags)
+    return ordered[-1], ordered[int(0.99 * (len(ordered) - 1))], len(lags)
+
+
+def profile_top(data: bytes, lines: int = 8) -> str:
+    """The functions with the most own time in one parse (cProfile)."""
+    from spookd.config import load_config
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    load_config(data, SOURCE)
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime")
+    stats.print_stats(lines)
+    text = out.getvalue()
+    start = text.find("   ncalls")
+    return text[start:].rstrip() if start >= 0 else text.rstrip()
+
+
+def measure(sizes: dict[int, int], lag_reps: int) -> list[Figure]:
+    """``sizes`` maps device count → repetitions."""
+    out = []
+    for devices, reps in sizes.items():
+        data = big_config(devices)
+        parse_times(data, 1)  # warm caches and imports
+        times = parse_times(data, reps)
+        size_kib = len(data) / 1024
+        figure = Figure(
+            name=f"parse + validate {devices} devices ({fmt(size_kib / 1024) + ' MiB' if size_kib >= 1024 else fmt(size_kib) + ' KiB'})",
+            unit="ms",
+            values=times,
+            target=Target(150, "≤ 150 ms") if devices == 10_000 else None,
+            note=f"{reps} runs; {fmt(len(data) / devices)} bytes/device; {fmt(devices / statistics.median(times))} devices/ms",
+            extra={"bytes": len(data)},
+        )
+        out.append(figure)
+    data = big_config(10_000)
+    base = [loop_lag(None, 0.3)[0] for _ in range(lag_reps)]
+    maxes, p99s = [], []
+    for _ in range(lag_reps):
+        worst, p99, _n = loop_lag(data)
+        maxes.append(worst)
+        p99s.append(p99)
+    out.append(
+        Figure(
+            name="loop lag during a 10 000-device parse (max)",
+            unit="ms",
+            values=maxes,
+            note=f"1 ms ticker on uvloop, parse via spookd.sources.file.parse (worker thread); "
+            f"p99 tick lateness {fmt(statistics.median(p99s))} ms; idle loop max {fmt(statistics.median(base))} ms",
+        )
+    )
+    return out
