@@ -288,7 +288,10 @@ def test_rendered_configuration_is_what_spookd_accepts(helm: Helm, case: str, tm
     source = load_documents((values_file or CHART / "values.yaml").read_text())[0]
     # Same data, same types: quoted IDs stay strings, big integers stay integers.
     exclusive = bool(source.get("rbac", {}).get("exclusive"))
-    assert rendered == {"deviceMapping": source["deviceMapping"], **({"exclusive": True} if exclusive else {})}
+    assert rendered == {
+        "deviceMapping": source["deviceMapping"],
+        **({"exclusive": True} if exclusive else {}),
+    }
     if case == "large-mapping":
         assert sum(len(m["devices"]) for m in rendered["deviceMapping"]) == 500
     path = tmp_path / key
