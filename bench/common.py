@@ -110,7 +110,8 @@ class Spookd:
         if self.profile is not None:
             return [
                 sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(self.profile),
-                "--interval", "0.0002", "-m", "spookd", *args,
+                "--interval", "0.0002", "--show", "*/grpclib/*", "--show", "*/betterproto2/*",
+                "--show", "*/h2/*", "-m", "spookd", *args,
             ]  # fmt: skip
         return [sys.executable, "-m", "spookd", *args]
 

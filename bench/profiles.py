@@ -1,0 +1,175 @@
+"""Where the time and memory go, for the figures that miss their target."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from bench.allocate import DEVICES, SPOOKD_SOCKET
+from bench.common import WIDGET, Spookd, config_yaml, short_dir, wait_until, write_atomic
+from support.gobuild import build
+
+IMPORT_SCRIPT = """
+import importlib, sys
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024
+prev = rss()
+print(f"{'bare interpreter':34s} {prev:5.1f} MiB")
+for name in sys.argv[1:]:
+    count = len(sys.modules)
+    importlib.import_module(name)
+    now = rss()
+    print(f"+ {name:32s} {now - prev:+5.1f} MiB  ({len(sys.modules) - count} modules)")
+    prev = now
+"""
+
+CONFIGMAP_IMPORTS = [
+    "kubernetes_asyncio.client",
+    "spookd._proto.v1beta1",
+    "loguru",
+    "uvloop",
+    "_ruamel_yaml",
+    "spookd.config",
+    "watchfiles",
+    "prometheus_client",
+    "spookd.app",
+    "spookd.sources.configmap",
+    "spookd.cli",
+]
+
+
+def import_memory(modules: list[str]) -> str:
+    """RSS added by importing each module in turn (what a process pays before it does anything)."""
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_SCRIPT, *modules], capture_output=True, text=True, check=True
+    )
+    return done.stdout.rstrip()
+
+
+def _trim(report: str, anchor: str, lines: int) -> str:
+    """The part of a pyinstrument text report from the first line containing ``anchor``."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", report).splitlines()
+    for i, line in enumerate(text):
+        if anchor in line:
+            block = text[i : i + lines]
+            indent = len(block[0]) - len(block[0].lstrip(" │├└─"))
+            return "\n".join(b[indent:] if not b[:indent].strip(" │├└─") else b.lstrip() for b in block)
+    return "\n".join(text[:lines])
+
+
+def allocate(size: int, calls: int, lines: int = 18) -> str:
+    """pyinstrument over Spookd while allocbench sends ``calls`` Allocate calls of ``size`` devices."""
+    workdir, plugin_dir = short_dir("bpr-w-"), short_dir("bpr-")
+    out = workdir / "profile.txt"
+    spookd = Spookd(workdir, plugin_dir, profile=out)
+    try:
+        write_atomic(spookd.config, config_yaml([(WIDGET, f"dev-{i}") for i in range(DEVICES)]))
+        spookd.start()
+        socket = plugin_dir / SPOOKD_SOCKET
+        wait_until(socket.exists, 30, "Spookd socket")
+        time.sleep(0.5)
+        subprocess.run(
+            [str(build("allocbench")), f"-target=spookd={socket}", f"-sizes={size}",
+             f"-calls={calls}", "-rounds=1", "-warmup=10"],
+            capture_output=True, text=True, check=True, timeout=600,
+        )  # fmt: skip
+        spookd.stop(timeout=60)
+        wait_until(out.exists, 30, "profile written")
+        return _trim(out.read_text(), "request_handler", lines)
+    finally:
+        spookd.stop()
+        shutil.rmtree(plugin_dir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def startup(resources: int, lines: int = 22) -> str:
+    """pyinstrument over Spookd from start until the plugin sockets exist (no kubelet)."""
+    from bench.common import resources_config
+
+    workdir, plugin_dir = short_dir("bps-w-"), short_dir("bps-")
+    out = workdir / "profile.txt"
+    spookd = Spookd(workdir, plugin_dir, profile=out)
+    try:
+        write_atomic(spookd.config, resources_config(resources, 2))
+        spookd.start()
+        wait_until(lambda: len(list(plugin_dir.glob("spookd-*.sock"))) >= resources, 60, "sockets")
+        time.sleep(0.3)
+        spookd.stop(timeout=60)
+        wait_until(out.exists, 30, "profile written")
+        return _trim(out.read_text(), "spookd/__main__.py", lines)
+    finally:
+        spookd.stop()
+        shutil.rmtree(plugin_dir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def codec_costs(sizes: tuple[int, ...] = (1, 8, 64)) -> str:
+    """Encode an AllocateResponse and decode an AllocateRequest: betterproto2 (Spookd) vs protobuf's upb."""
+    import importlib
+    import tempfile
+    import timeit
+    from pathlib import Path
+
+    from spookd._proto import v1beta1 as api
+    from spookd.allocation import HostDevices, container_env
+    from spookd.config.model import Device
+    from spookd.plugin import convert
+
+    from bench.common import ROOT
+
+    pb = None
+    with tempfile.TemporaryDirectory() as out:
+        try:
+            from grpc_tools import protoc
+
+            protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", "v1beta1/api.proto"])
+            sys.path.insert(0, out)
+            pb = importlib.import_module("v1beta1.api_pb2")
+            from google.protobuf.internal import api_implementation
+
+            backend = api_implementation.Type()
+        except Exception as exc:  # noqa: BLE001 - optional comparison
+            backend = f"unavailable ({exc})"
+        finally:
+            if out in sys.path:
+                sys.path.remove(out)
+        lines = [
+            "devices | env entries | betterproto2 encode | decode request | "
+            f"protobuf ({backend}) encode | decode request",
+            "---|---|---|---|---|---",
+        ]
+        for n in sizes:
+            devices = [
+                Device(WIDGET, f"dev-{i}", env=(("IP", f"10.0.0.{i}"), ("PORT", str(8000 + i)))) for i in range(n)
+            ]
+            env = container_env(WIDGET, devices)
+            message = api.AllocateResponse(container_responses=[convert.container_response(env, HostDevices())])
+            request = bytes(
+                api.AllocateRequest(
+                    container_requests=[api.ContainerAllocateRequest(devices_ids=[d.instance_id for d in devices])]
+                )
+            )
+            k = 200 if n >= 64 else 1000
+            enc = timeit.timeit(lambda m=message: bytes(m), number=k) / k * 1e6
+            dec = timeit.timeit(lambda r=request: api.AllocateRequest.parse(r), number=k) / k * 1e6
+            row = f"{n} | {len(env)} | {enc:.0f} µs | {dec:.0f} µs"
+            if pb is not None:
+                upb_enc = timeit.timeit(
+                    lambda e=env: pb.AllocateResponse(
+                        container_responses=[pb.ContainerAllocateResponse(envs=e)]
+                    ).SerializeToString(),
+                    number=k,
+                ) / k * 1e6
+                upb_dec = timeit.timeit(lambda r=request: pb.AllocateRequest.FromString(r), number=k) / k * 1e6
+                row += f" | {upb_enc:.0f} µs | {upb_dec:.0f} µs"
+            else:
+                row += " | – | –"
+            lines.append(row)
+        sys.modules.pop("v1beta1.api_pb2", None)
+        sys.modules.pop("v1beta1", None)
+    return "\n".join(lines)
