@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001, RUF003  (typographic – and × belong in the report)
 """Allocate latency over the Unix socket: Spookd and the Go reference, one Go client, alternately."""
 
 from __future__ import annotations
@@ -7,10 +8,12 @@ import shutil
 import statistics
 import subprocess
 from pathlib import Path
+from typing import Any
 
-from bench.common import WIDGET, Figure, Spookd, Target, config_yaml, short_dir, write_atomic
 from support.gobuild import build
 from support.nodeharness import GoPlugin, NodeHarness
+
+from bench.common import WIDGET, Figure, Spookd, Target, config_yaml, short_dir, write_atomic
 
 DEVICES = 64
 SIZES = (1, 8, 64)
@@ -20,11 +23,11 @@ SPOOKD_SOCKET = "spookd-examplecom_widget.sock"
 
 def measure(
     *, calls: int, rounds: int, warmup: int, profile: Path | None = None
-) -> tuple[list[Figure], list[dict[str, object]]]:
+) -> tuple[list[Figure], list[dict[str, Any]]]:
     """Both plugins registered with the real device manager; allocbench alternates between them."""
     plugin_dir = short_dir("bal-")
     workdir = short_dir("bal-w-")
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     try:
         with NodeHarness(log_dir=workdir) as node:
             node.start(plugin_dir)
@@ -35,10 +38,12 @@ def measure(
                 go = GoPlugin(plugin_dir, GO_RESOURCE, DEVICES, log_dir=workdir).start()
                 try:
                     node.wait_for(
-                        lambda r: r.is_registered(WIDGET)
-                        and r.capacity(WIDGET) == DEVICES
-                        and r.is_registered(GO_RESOURCE)
-                        and r.capacity(GO_RESOURCE) == DEVICES,
+                        lambda r: (
+                            r.is_registered(WIDGET)
+                            and r.capacity(WIDGET) == DEVICES
+                            and r.is_registered(GO_RESOURCE)
+                            and r.capacity(GO_RESOURCE) == DEVICES
+                        ),
                         timeout=30,
                     )
                     argv = [
@@ -68,13 +73,15 @@ def measure(
     return figures(rows, calls), rows
 
 
-def figures(rows: list[dict[str, object]], calls: int) -> list[Figure]:
+def figures(rows: list[dict[str, Any]], calls: int) -> list[Figure]:
     out = []
     for size in SIZES:
         for pct, limit in (("p50", 0.5), ("p99", 1.0)):
-            mine = [float(r[f"{pct}_us"]) / 1000 for r in rows if r["target"] == "spookd" and r["size"] == size]  # type: ignore[arg-type]
-            ref = [float(r[f"{pct}_us"]) / 1000 for r in rows if r["target"] == "go" and r["size"] == size]  # type: ignore[arg-type]
-            errors = sum(int(r["errors"]) for r in rows if r["size"] == size)  # type: ignore[call-overload]
+            mine = [
+                float(r[f"{pct}_us"]) / 1000 for r in rows if r["target"] == "spookd" and r["size"] == size
+            ]
+            ref = [float(r[f"{pct}_us"]) / 1000 for r in rows if r["target"] == "go" and r["size"] == size]
+            errors = sum(int(r["errors"]) for r in rows if r["size"] == size)
             out.append(
                 Figure(
                     name=f"Allocate {pct}, {size} device{'s' if size > 1 else ''}",

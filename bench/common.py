@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001, RUF003  (typographic – and × belong in the report)
 """What every benchmark shares: paths, configs, a Spookd process, statistics, results."""
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ def device_yaml(resource: str, instance_id: str, index: int) -> str:
     return (
         f"      - resourceName: {resource}\n"
         f'        instanceID: "{instance_id}"\n'
-        f"        env: {{IP: 10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}, PORT: {8000 + index % 1000}}}\n"
+        f"        env: {{IP: {_ip(index)}, PORT: {8000 + index % 1000}}}\n"
     )
+
+
+def _ip(index: int) -> str:
+    return f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}"
 
 
 def config_yaml(devices: Sequence[tuple[str, str]], hosts: Sequence[str] = (NODE,)) -> str:

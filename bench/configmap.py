@@ -9,10 +9,11 @@ import sys
 import time
 from typing import Any
 
-from bench.common import WIDGET, Figure, Spookd, Target, fmt, resources_config, short_dir, wait_until
-from bench.node import Poller, all_served, widgets
 from support.apiserver import ApiClient, ApiServer
 from support.nodeharness import NodeHarness
+
+from bench.common import WIDGET, Figure, Spookd, Target, fmt, resources_config, short_dir, wait_until
+from bench.node import Poller, all_served, widgets
 
 NAMESPACE = "bench"
 
@@ -45,7 +46,9 @@ def floor_mib(reps: int = 3) -> list[float]:
     """VmRSS of a bare interpreter that imported kubernetes_asyncio.client."""
     out = []
     for _ in range(reps):
-        done = subprocess.run([sys.executable, "-c", FLOOR_SCRIPT], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", FLOOR_SCRIPT], capture_output=True, text=True, check=True
+        )
         out.append(int(done.stdout.strip()) / 1024)
     return out
 
@@ -62,7 +65,9 @@ def measure(change_reps: int, start_reps: int) -> list[Figure]:
             poller = Poller(node)
 
             def spookd(name: str) -> Spookd:
-                return Spookd(workdir, plugin_dir, configmap=f"{NAMESPACE}/{name}", kubeconfig=server.kubeconfig)
+                return Spookd(
+                    workdir, plugin_dir, configmap=f"{NAMESPACE}/{name}", kubeconfig=server.kubeconfig
+                )
 
             # config change → kubelet
             _put(api, "change", widgets(8))
@@ -86,7 +91,8 @@ def measure(change_reps: int, start_reps: int) -> list[Figure]:
                     unit="ms",
                     values=latencies,
                     target=Target(300, "≤ 300 ms"),
-                    note=f"{change_reps} PUTs, timed from sending the PUT (PUT itself {fmt(statistics.median(puts))} ms); "
+                    note=f"{change_reps} PUTs, timed from sending the PUT "
+                    f"(PUT itself {fmt(statistics.median(puts))} ms); "
                     f"poll {fmt(poller.granularity_ms)} ms",
                 )
             )

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001, RUF003  (typographic – and × belong in the report)
 """Figures measured at the kubelet's real device manager: config change, start-up, kubelet restart, memory."""
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from support.nodeharness import GoPlugin, NodeHarness, Resources
 
 from bench.common import (
     WIDGET,
@@ -21,7 +24,6 @@ from bench.common import (
     wait_until,
     write_atomic,
 )
-from support.nodeharness import GoPlugin, NodeHarness, Resources
 
 #: Sleep between two polls of the device manager; the poll itself takes longer (see granularity).
 POLL_SLEEP = 0.001
@@ -190,7 +192,8 @@ def kubelet_restart(reps: int, resources: int = 10, go_timeout: float = 15.0) ->
         values=mine,
         reference=ref,
         target=Target(1000, "≤ 1000 ms"),
-        note=f"{reps} restarts, from the new kubelet.sock (the restart itself: {fmt(statistics.median(restart_ms))} ms); "
+        note=f"{reps} restarts, from the new kubelet.sock "
+        f"(the restart itself: {fmt(statistics.median(restart_ms))} ms); "
         "Go stub re-registers from its 10 s poll",
     )
 
@@ -201,7 +204,9 @@ def memory_file(reloads: int, samples_every: int) -> list[Figure]:
     names = [f"example.com/r{r:03d}" for r in range(10)]
     config_a = resources_config(10, 2)
     # B drops r009 and gives r000 a third device: every reload stops or starts a server and updates one.
-    config_b = config_yaml([(f"example.com/r{r:03d}", f"dev-{d}") for r in range(9) for d in range(3 if r == 0 else 2)])
+    config_b = config_yaml(
+        [(f"example.com/r{r:03d}", f"dev-{d}") for r in range(9) for d in range(3 if r == 0 else 2)]
+    )
     curve: list[tuple[int, int]] = []
     try:
         with NodeHarness(log_dir=workdir) as node:
@@ -244,7 +249,9 @@ def memory_file(reloads: int, samples_every: int) -> list[Figure]:
                     snap = node.resources()
                     stuck = [n for n in names if not (snap.is_registered(n) and snap.capacity(n) == 2)]
                 refusals = sum(
-                    1 for line in spookd.log.read_text(errors="replace").splitlines() if "already connected" in line
+                    1
+                    for line in spookd.log.read_text(errors="replace").splitlines()
+                    if "already connected" in line
                 )
                 time.sleep(2.0)
                 after = [spookd.rss_kib() / 1024]
@@ -272,7 +279,7 @@ def memory_file(reloads: int, samples_every: int) -> list[Figure]:
             note=f"{fmt(elapsed)} s, {fmt(elapsed / reloads * 1000)} ms per applied reload"
             + (f", {timeouts} not seen applied" if timeouts else "")
             + f"; growth after the first 10 %: {fmt(late_growth)} MiB"
-            + (f"; kubelet refused re-registration {refusals}× (\"already connected\")" if refusals else "")
+            + (f'; kubelet refused re-registration {refusals}× ("already connected")' if refusals else "")
             + (f"; left unserved at the end: {', '.join(stuck)}" if stuck else ""),
             extra={"curve": curve, "stuck": stuck, "refusals": refusals},
         ),

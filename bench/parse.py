@@ -90,12 +90,14 @@ def measure(sizes: dict[int, int], lag_reps: int) -> list[Figure]:
         parse_times(data, 1)  # warm caches and imports
         times = parse_times(data, reps)
         size_kib = len(data) / 1024
+        size = f"{fmt(size_kib / 1024)} MiB" if size_kib >= 1024 else f"{fmt(size_kib)} KiB"
         figure = Figure(
-            name=f"parse + validate {devices} devices ({fmt(size_kib / 1024) + ' MiB' if size_kib >= 1024 else fmt(size_kib) + ' KiB'})",
+            name=f"parse + validate {devices} devices ({size})",
             unit="ms",
             values=times,
             target=Target(150, "≤ 150 ms") if devices == 10_000 else None,
-            note=f"{reps} runs; {fmt(len(data) / devices)} bytes/device; {fmt(devices / statistics.median(times))} devices/ms",
+            note=f"{reps} runs; {fmt(len(data) / devices)} bytes/device; "
+            f"{fmt(devices / statistics.median(times))} devices/ms",
             extra={"bytes": len(data)},
         )
         out.append(figure)
@@ -113,7 +115,8 @@ def measure(sizes: dict[int, int], lag_reps: int) -> list[Figure]:
             values=maxes,
             target=Target(LAG_LIMIT, f"≤ {LAG_LIMIT:g} ms ¹"),
             note=f"1 ms ticker on uvloop, parse via spookd.sources.file.parse (worker thread); "
-            f"p99 tick lateness {fmt(statistics.median(p99s))} ms; idle loop max {fmt(statistics.median(base))} ms",
+            f"p99 tick lateness {fmt(statistics.median(p99s))} ms; "
+            f"idle loop max {fmt(statistics.median(base))} ms",
         )
     )
     return out
@@ -133,7 +136,9 @@ def gc_effect(devices: int = 10_000, reps: int = 3) -> str:
     finally:
         gc.enable()
     collections = []
-    gc.callbacks.append(cb := lambda phase, info: collections.append(info["generation"]) if phase == "start" else None)
+    gc.callbacks.append(
+        cb := lambda phase, info: collections.append(info["generation"]) if phase == "start" else None
+    )
     try:
         parse_times(data, 1)
     finally:

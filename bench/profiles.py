@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001, RUF003  (typographic – and × belong in the report)
 """Where the time and memory go, for the figures that miss their target."""
 
 from __future__ import annotations
@@ -7,10 +8,14 @@ import shutil
 import subprocess
 import sys
 import time
+import timeit
+from collections.abc import Callable
+from typing import Any
+
+from support.gobuild import build
 
 from bench.allocate import DEVICES, SPOOKD_SOCKET
 from bench.common import WIDGET, Spookd, config_yaml, short_dir, wait_until, write_atomic
-from support.gobuild import build
 
 IMPORT_SCRIPT = """
 import importlib, sys
@@ -112,28 +117,21 @@ def codec_costs(sizes: tuple[int, ...] = (1, 8, 64)) -> str:
     """Encode an AllocateResponse and decode an AllocateRequest: betterproto2 (Spookd) vs protobuf's upb."""
     import importlib
     import tempfile
-    import timeit
-    from pathlib import Path
-
-    from spookd._proto import v1beta1 as api
-    from spookd.allocation import HostDevices, container_env
-    from spookd.config.model import Device
-    from spookd.plugin import convert
 
     from bench.common import ROOT
 
-    pb = None
+    pb: Any = None
     with tempfile.TemporaryDirectory() as out:
         try:
-            from grpc_tools import protoc
+            from grpc_tools import protoc  # type: ignore[import-untyped]
 
             protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", "v1beta1/api.proto"])
             sys.path.insert(0, out)
             pb = importlib.import_module("v1beta1.api_pb2")
-            from google.protobuf.internal import api_implementation
+            from google.protobuf.internal import api_implementation  # type: ignore[import-untyped]
 
             backend = api_implementation.Type()
-        except Exception as exc:  # noqa: BLE001 - optional comparison
+        except Exception as exc:
             backend = f"unavailable ({exc})"
         finally:
             if out in sys.path:
@@ -143,33 +141,41 @@ def codec_costs(sizes: tuple[int, ...] = (1, 8, 64)) -> str:
             f"protobuf ({backend}) encode | decode request",
             "---|---|---|---|---|---",
         ]
-        for n in sizes:
-            devices = [
-                Device(WIDGET, f"dev-{i}", env=(("IP", f"10.0.0.{i}"), ("PORT", str(8000 + i)))) for i in range(n)
-            ]
-            env = container_env(WIDGET, devices)
-            message = api.AllocateResponse(container_responses=[convert.container_response(env, HostDevices())])
-            request = bytes(
-                api.AllocateRequest(
-                    container_requests=[api.ContainerAllocateRequest(devices_ids=[d.instance_id for d in devices])]
-                )
-            )
-            k = 200 if n >= 64 else 1000
-            enc = timeit.timeit(lambda m=message: bytes(m), number=k) / k * 1e6
-            dec = timeit.timeit(lambda r=request: api.AllocateRequest.parse(r), number=k) / k * 1e6
-            row = f"{n} | {len(env)} | {enc:.0f} µs | {dec:.0f} µs"
-            if pb is not None:
-                upb_enc = timeit.timeit(
-                    lambda e=env: pb.AllocateResponse(
-                        container_responses=[pb.ContainerAllocateResponse(envs=e)]
-                    ).SerializeToString(),
-                    number=k,
-                ) / k * 1e6
-                upb_dec = timeit.timeit(lambda r=request: pb.AllocateRequest.FromString(r), number=k) / k * 1e6
-                row += f" | {upb_enc:.0f} µs | {upb_dec:.0f} µs"
-            else:
-                row += " | – | –"
-            lines.append(row)
+        lines += [_codec_row(n, pb) for n in sizes]
         sys.modules.pop("v1beta1.api_pb2", None)
         sys.modules.pop("v1beta1", None)
     return "\n".join(lines)
+
+
+def _per_call_us(call: Callable[[], object], number: int) -> float:
+    return timeit.timeit(call, number=number) / number * 1e6
+
+
+def _codec_row(n: int, pb: Any) -> str:
+    """One table row: encode/decode costs for ``n`` devices, betterproto2 and (if loaded) upb."""
+    from spookd._proto import v1beta1 as api
+    from spookd.allocation import HostDevices, container_env
+    from spookd.config.model import Device
+    from spookd.plugin import convert
+
+    devices = [
+        Device(WIDGET, f"dev-{i}", env=(("IP", f"10.0.0.{i}"), ("PORT", str(8000 + i)))) for i in range(n)
+    ]
+    env = container_env(WIDGET, devices)
+    message = api.AllocateResponse(container_responses=[convert.container_response(env, HostDevices())])
+    ids = [d.instance_id for d in devices]
+    request = bytes(api.AllocateRequest(container_requests=[api.ContainerAllocateRequest(devices_ids=ids)]))
+    k = 200 if n >= 64 else 1000
+    enc = _per_call_us(lambda: bytes(message), k)
+    dec = _per_call_us(lambda: api.AllocateRequest.parse(request), k)
+    row = f"{n} | {len(env)} | {enc:.0f} µs | {dec:.0f} µs"
+    if pb is None:
+        return row + " | – | –"
+    upb_enc = _per_call_us(
+        lambda: pb.AllocateResponse(
+            container_responses=[pb.ContainerAllocateResponse(envs=env)]
+        ).SerializeToString(),
+        k,
+    )
+    upb_dec = _per_call_us(lambda: pb.AllocateRequest.FromString(request), k)
+    return row + f" | {upb_enc:.0f} µs | {upb_dec:.0f} µs"

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001, RUF003  (typographic – and × belong in the report)
 """The results table, the machine description, profiles of the misses, and docs/benchmarks.md."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 
@@ -18,7 +20,7 @@ PACKAGES = ("grpclib", "betterproto2", "h2", "uvloop", "anyio", "ruamel.yaml", "
 def loadavg() -> str:
     """The 1-, 5- and 15-minute load averages."""
     try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])  # noqa: SIM115
+        return " ".join(open("/proc/loadavg").read().split()[:3])
     except OSError:
         return "unknown"
 
@@ -58,8 +60,10 @@ def machine() -> list[tuple[str, str]]:
     try:
         from support.gobuild import go_binary
 
-        go = subprocess.run([go_binary(), "version"], capture_output=True, text=True, check=False).stdout.strip()
-    except Exception as exc:  # noqa: BLE001
+        go = subprocess.run(
+            [go_binary(), "version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except Exception as exc:
         go = f"unavailable ({exc})"
     versions = []
     for name in PACKAGES:
@@ -91,7 +95,15 @@ def _git(*args: str) -> str:
 
 
 def table(figures: list[Figure], *, markdown: bool) -> str:
-    head = ["figure", "Spookd median", "spread (min–max)", "Go reference", "ratio", "SPEC §9 target", "verdict"]
+    head = [
+        "figure",
+        "Spookd median",
+        "spread (min–max)",
+        "Go reference",
+        "ratio",
+        "SPEC §9 target",
+        "verdict",
+    ]
     rows = []
     for f in figures:
         ref = f"{fmt(_median(f.reference))} {f.unit}" if f.reference else "—"
@@ -198,7 +210,8 @@ def profile_misses(figures: list[Figure], *, quick: bool) -> list[tuple[str, str
             (
                 "Parse + validate, and the loop stall",
                 "cProfile of one `load_config` of the 10 000-device config, by own time:\n\n"
-                f"```\n{top}\n```\n\nThe garbage collector's share: {parse.gc_effect(reps=1 if quick else 3)}.\n\n"
+                f"```\n{top}\n```\n\n"
+                f"The garbage collector's share: {parse.gc_effect(reps=1 if quick else 3)}.\n\n"
                 f"{REMEDIES['parse']}",
             )
         )
@@ -235,7 +248,7 @@ def markdown(
     elapsed: float,
     quick: bool,
     argv: list[str],
-    loads: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    loads: Sequence[tuple[str, str]] = (),
 ) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
@@ -249,8 +262,10 @@ def markdown(
         "`--only allocate,parse`, `--no-write` to leave this page alone). This page is written by the "
         "runner; edit `bench/report.py`, not the page.",
         "",
-        f"Last run: {when}, `python bench/run.py {' '.join(argv)}`".rstrip() + f", {elapsed / 60:.1f} min"
-        + (" (**quick run: few repetitions**)" if quick else "") + ".",
+        f"Last run: {when}, `python bench/run.py {' '.join(argv)}`".rstrip()
+        + f", {elapsed / 60:.1f} min"
+        + (" (**quick run: few repetitions**)" if quick else "")
+        + ".",
         "",
         "## Machine",
         "",
@@ -334,7 +349,8 @@ METHOD = """
 - **memory**: VmRSS from `/proc/PID/status`, 2 s after registration. The reload run alternates two
   configs (B drops one resource and adds a device to another, so every reload stops or starts a server
   and updates another) and waits for each `config applied` log line before the next write, so every
-  reload is applied. The ConfigMap figure subtracts the VmRSS of `python -c "import kubernetes_asyncio.client"`.
+  reload is applied. The ConfigMap figure subtracts the VmRSS of
+  `python -c "import kubernetes_asyncio.client"`.
 - **parse + validate**: `spookd.config.load_config` in-process on block-style YAML (10 resources, two env
   keys per device, ~114 bytes per device). The loop stall is the worst lateness of a 1 ms ticker on a
   uvloop event loop while `spookd.sources.file.parse` runs the same parse in a worker thread.

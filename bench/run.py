@@ -1,8 +1,8 @@
 """Run every benchmark, print the table and write docs/benchmarks.md.
 
-    python bench/run.py            # full run, about 12 minutes on two cores
-    python bench/run.py --quick    # fewer repetitions, about 4 minutes
-    python bench/run.py --only allocate,parse --no-write
+python bench/run.py            # full run, about 12 minutes on two cores
+python bench/run.py --quick    # fewer repetitions, about 4 minutes
+python bench/run.py --only allocate,parse --no-write
 """
 
 from __future__ import annotations
@@ -14,23 +14,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import report  # noqa: E402
-from bench.common import ROOT, Figure  # noqa: E402
+from bench import report
+from bench.common import ROOT, Figure
 
 GROUPS = ("allocate", "change", "startup", "restart", "memory", "parse", "configmap")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for the record)")
-    parser.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated subset of {','.join(GROUPS)}")
-    parser.add_argument("--reloads", type=int, help="config reloads for the memory figure (default 10000, quick 1000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions (a smoke run, not for the record)"
+    )
+    parser.add_argument(
+        "--only", default=",".join(GROUPS), help=f"comma-separated subset of {','.join(GROUPS)}"
+    )
+    parser.add_argument(
+        "--reloads", type=int, help="config reloads for the memory figure (default 10000, quick 1000)"
+    )
     parser.add_argument("--no-profile", action="store_true", help="do not profile the figures that miss")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument(
         "--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-        help="before each stage, wait up to this long for the 1-minute load average to drop below --quiet-load",
+        help="before each stage, wait up to this long for the 1-minute load average "
+        "to fall below --quiet-load",
     )  # fmt: skip
     parser.add_argument("--quiet-load", type=float, default=1.0, help="see --wait-quiet (default 1.0)")
     args = parser.parse_args(argv)
@@ -49,8 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     def stage(name: str) -> None:
         waited = report.wait_quiet(args.wait_quiet, args.quiet_load) if args.wait_quiet else 0.0
         timings[name] = time.monotonic()
-        loads.append((name, report.loadavg() + (f" (waited {waited:.0f} s for quiet)" if waited >= 1 else "")))
-        print(f"== {name} ({time.monotonic() - started:.0f} s so far; load {loads[-1][1]})", file=sys.stderr, flush=True)
+        loads.append(
+            (name, report.loadavg() + (f" (waited {waited:.0f} s for quiet)" if waited >= 1 else ""))
+        )
+        print(
+            f"== {name} ({time.monotonic() - started:.0f} s so far; load {loads[-1][1]})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     if "allocate" in only:
         from bench import allocate
@@ -101,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     print(report.table(figures, markdown=False))
     if not args.no_write:
-        text = report.markdown(figures, sections, elapsed=elapsed, quick=quick, argv=sys.argv[1:], loads=loads)
+        text = report.markdown(
+            figures, sections, elapsed=elapsed, quick=quick, argv=sys.argv[1:], loads=loads
+        )
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
         print(f"wrote {args.output} ({elapsed:.0f} s)", file=sys.stderr)
