@@ -92,19 +92,24 @@ def allocate(size: int, calls: int, lines: int = 18) -> str:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def startup(resources: int, lines: int = 22) -> str:
-    """pyinstrument over Spookd from start until the plugin sockets exist (no kubelet)."""
+def startup(resources: int, lines: int = 26) -> str:
+    """pyinstrument over Spookd from start until the device manager has every resource registered."""
+    from support.nodeharness import NodeHarness
+
     from bench.common import resources_config
+    from bench.node import Poller, all_served
 
     workdir, plugin_dir = short_dir("bps-w-"), short_dir("bps-")
     out = workdir / "profile.txt"
     spookd = Spookd(workdir, plugin_dir, profile=out)
     try:
-        write_atomic(spookd.config, resources_config(resources, 2))
-        spookd.start()
-        wait_until(lambda: len(list(plugin_dir.glob("spookd-*.sock"))) >= resources, 60, "sockets")
-        time.sleep(0.3)
-        spookd.stop(timeout=60)
+        with NodeHarness(log_dir=workdir) as node:
+            node.start(plugin_dir)
+            write_atomic(spookd.config, resources_config(resources, 2))
+            spookd.start()
+            names = [f"example.com/r{r:03d}" for r in range(resources)]
+            Poller(node).until(all_served(names, 2), timeout=60)
+            spookd.stop(timeout=60)
         wait_until(out.exists, 30, "profile written")
         return _trim(out.read_text(), "spookd/__main__.py", lines)
     finally:
