@@ -1,15 +1,19 @@
 """Proves the node harness (the kubelet's real device manager) with the kubelet's own
-stub device plugin (tests/go/cmd/goplugin)."""
+stub device plugin (tests/go/cmd/goplugin), and its PodResources API with
+tests/go/cmd/podresources-list."""
 
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 from support import gobuild
@@ -281,3 +285,103 @@ def test_restart_forgets_allocations_of_removed_pods(harness: NodeHarness, widge
     harness.wait_for(lambda r: r.allocatable(WIDGET) == 3, timeout=30)
     # Allocate runs UpdateAllocatedDevices first, which frees the stale entries.
     harness.admit("uid-b", {"c0": {WIDGET: 3}}).raise_for_error()
+
+
+# ---------------------------------------------------------------- PodResources API
+
+
+def podresources(socket: pathlib.Path, method: str = "list", *args: str) -> dict[str, Any]:
+    """Call the PodResources v1 API with tests/go/cmd/podresources-list; the response as JSON."""
+    proc = subprocess.run(
+        [str(gobuild.build("podresources-list")), f"-socket={socket}", f"-method={method}", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, f"podresources-list {method} failed: {proc.stderr}"
+    return cast(dict[str, Any], json.loads(proc.stdout))
+
+
+def listed_devices(resp: dict[str, Any]) -> dict[tuple[str, str], dict[str, dict[str, list[str]]]]:
+    """List response -> (namespace, name) -> container -> resource -> sorted device IDs."""
+    out: dict[tuple[str, str], dict[str, dict[str, list[str]]]] = {}
+    for pod in resp["pod_resources"]:
+        containers: dict[str, dict[str, list[str]]] = {}
+        for c in pod["containers"]:
+            devs: dict[str, list[str]] = {}
+            for d in c["devices"]:
+                devs.setdefault(d["resource_name"], []).extend(d["device_ids"])
+            containers[c["name"]] = {r: sorted(ids) for r, ids in devs.items()}
+        out[(pod["namespace"], pod["name"])] = containers
+    return out
+
+
+@pytest.fixture
+def pr_socket() -> Iterator[pathlib.Path]:
+    d = pathlib.Path(tempfile.mkdtemp(prefix="pr-", dir="/tmp"))
+    yield d / "pod-resources.sock"
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_pod_resources_list_follows_admit_remove_and_restart(
+    plugin_dir: pathlib.Path,
+    pr_socket: pathlib.Path,
+    binaries: tuple[pathlib.Path, pathlib.Path],
+    plugins: list[GoPlugin],
+    tmp_path: pathlib.Path,
+) -> None:
+    with NodeHarness(binaries[0], log_dir=tmp_path, pod_resources_socket=pr_socket) as h:
+        h.start(plugin_dir)
+        assert h.ready_info["pod_resources_socket"] == str(pr_socket)
+        assert pr_socket.is_socket()
+        assert podresources(pr_socket) == {"pod_resources": []}
+
+        start_plugin(plugins, plugin_dir, binaries[1], tmp_path, resource=WIDGET, n=3)
+        h.wait_for(lambda r: r.allocatable(WIDGET) == 3)
+        alloc = podresources(pr_socket, "allocatable")
+        assert sorted(i for d in alloc["devices"] for i in d["device_ids"]) == ["dev-0", "dev-1", "dev-2"]
+        assert {d["resource_name"] for d in alloc["devices"]} == {WIDGET}
+
+        a = h.admit("uid-a", {"c0": {WIDGET: 2}}, name="alpha", namespace="team-a").raise_for_error()
+        a_ids = a.container("c0").devices[WIDGET]
+        b = h.admit("uid-b", {"main": {WIDGET: 1}}, name="beta").raise_for_error()
+        b_ids = b.container("main").devices[WIDGET]
+        assert len(a_ids) == 2
+        assert sorted(a_ids + b_ids) == ["dev-0", "dev-1", "dev-2"]
+
+        listed = podresources(pr_socket)
+        assert listed_devices(listed) == {
+            ("team-a", "alpha"): {"c0": {WIDGET: a_ids}},
+            ("default", "beta"): {"main": {WIDGET: b_ids}},
+        }
+        # The kubelet's shape: one ContainerDevices per device; no CPUs, memory or DRA here.
+        alpha = next(p for p in listed["pod_resources"] if p["name"] == "alpha")
+        assert [len(d["device_ids"]) for d in alpha["containers"][0]["devices"]] == [1, 1]
+        assert alpha["containers"][0]["cpu_ids"] == []
+        assert alpha["containers"][0]["dynamic_resources"] == []
+        got = podresources(pr_socket, "get", "-pod=alpha", "-namespace=team-a")
+        assert listed_devices({"pod_resources": [got["pod_resources"]]}) == {
+            ("team-a", "alpha"): {"c0": {WIDGET: a_ids}}
+        }
+
+        # The pod is gone: List no longer shows it or its devices.
+        assert h.remove("uid-a") == {WIDGET: a_ids}
+        after = listed_devices(podresources(pr_socket))
+        assert after == {("default", "beta"): {"main": {WIDGET: b_ids}}}
+
+        # Kubelet restart: the same socket answers, from the new manager (checkpoint).
+        h.restart()
+        assert pr_socket.is_socket()
+        assert listed_devices(podresources(pr_socket)) == after
+        # Until the plugin re-registers the new manager knows no allocatable devices.
+        assert podresources(pr_socket, "allocatable")["devices"] == []
+        h.wait_for(lambda r: r[WIDGET].registered and r.allocatable(WIDGET) == 3, timeout=30)
+        assert len(podresources(pr_socket, "allocatable")["devices"]) == 3
+        c = h.admit("uid-c", {"c0": {WIDGET: 2}}, name="gamma").raise_for_error()
+        assert listed_devices(podresources(pr_socket)) == {
+            ("default", "beta"): {"main": {WIDGET: b_ids}},
+            ("default", "gamma"): {"c0": {WIDGET: c.container("c0").devices[WIDGET]}},
+        }
+    # Closing the harness removes its socket.
+    assert not pr_socket.exists()

@@ -14,6 +14,11 @@ given directory bind-mounted over that path (needs root and ``unshare``)::
 A plugin in the normal namespace then uses ``<plugin_dir>`` as its plugin
 directory (``kubelet.sock`` appears there).
 
+With ``NodeHarness(pod_resources_socket=path)`` the harness also serves the
+kubelet's PodResources API (``v1.PodResourcesLister``: List,
+GetAllocatableResources, Get) on ``path``; ``tests/go/cmd/podresources-list``
+is a small Go client that prints a response as JSON.
+
 Usage::
 
     with NodeHarness() as h:
@@ -274,10 +279,24 @@ class NodeHarness:
         log_dir: os.PathLike[str] | str | None = None,
         extra_args: Sequence[str] = (),
         request_timeout: float = 30.0,
+        pod_resources_socket: os.PathLike[str] | str | None = None,
     ) -> None:
+        """``pod_resources_socket``: serve the kubelet's PodResources API (v1 and v1alpha1,
+        the kubelet's own server fed by this device manager and the active pods) on this
+        Unix socket (``-pod-resources-socket``). Give a path in the normal filesystem, not
+        in the plugin dir (the device manager deletes sockets there); at most 107 bytes.
+        Its parent directory is created. The socket survives :meth:`restart`."""
         self._binary = binary
         self._log_dir = log_dir
         self._extra_args = list(extra_args)
+        #: where the PodResources API is served (absolute), or None
+        self.pod_resources_socket: pathlib.Path | None = None
+        if pod_resources_socket is not None:
+            sock = pathlib.Path(pod_resources_socket).absolute()
+            if len(os.fsencode(sock)) > 107:
+                raise HarnessError(f"pod_resources_socket path too long for a Unix socket: {sock}")
+            self.pod_resources_socket = sock
+            self._extra_args.append(f"-pod-resources-socket={sock}")
         self.request_timeout = request_timeout
         self.proc: subprocess.Popen[str] | None = None
         self.plugin_dir: pathlib.Path | None = None
@@ -300,6 +319,10 @@ class NodeHarness:
         binary = self._binary if self._binary is not None else gobuild.build("nodeharness")
         self.plugin_dir = pathlib.Path(plugin_dir).resolve()
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
+        if self.pod_resources_socket is not None:
+            if self.pod_resources_socket.parent.resolve() == self.plugin_dir:
+                raise HarnessError("pod_resources_socket must not be in the plugin dir")
+            self.pod_resources_socket.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="nodeharness-", suffix=".stderr.log", dir=self._log_dir)
         os.close(fd)
         self.stderr_path = pathlib.Path(name)
