@@ -138,6 +138,9 @@ class Spookd:
     def rss_kib(self) -> int:
         return rss_kib(self.pid)
 
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

@@ -223,6 +223,7 @@ def memory_file(reloads: int, samples_every: int) -> list[Figure]:
                     time.sleep(0.2)
                 spookd.new_records()
                 curve.append((0, spookd.rss_kib()))
+                fds = [(0, spookd.open_fds())]
                 started = time.monotonic()
                 timeouts = 0
                 for i in range(1, reloads + 1):
@@ -235,6 +236,7 @@ def memory_file(reloads: int, samples_every: int) -> list[Figure]:
                         time.sleep(0.002)
                     if i % samples_every == 0:
                         curve.append((i, spookd.rss_kib()))
+                        fds.append((i, spookd.open_fds()))
                     if not spookd.alive():
                         raise RuntimeError(f"spookd died after {i} reloads:\n{spookd.log_tail()}")
                 elapsed = time.monotonic() - started
@@ -281,6 +283,6 @@ def memory_file(reloads: int, samples_every: int) -> list[Figure]:
             + f"; growth after the first 10 %: {fmt(late_growth)} MiB"
             + (f'; kubelet refused re-registration {refusals}× ("already connected")' if refusals else "")
             + (f"; left unserved at the end: {', '.join(stuck)}" if stuck else ""),
-            extra={"curve": curve, "stuck": stuck, "refusals": refusals},
+            extra={"curve": curve, "fds": fds, "stuck": stuck, "refusals": refusals},
         ),
     ]

@@ -107,7 +107,7 @@ def table(figures: list[Figure], *, markdown: bool) -> str:
     rows = []
     for f in figures:
         ref = f"{fmt(_median(f.reference))} {f.unit}" if f.reference else "—"
-        ratio = f"{f.ratio:.2f}×" if f.ratio is not None else "—"
+        ratio = f"{f.ratio:.3g}×" if f.ratio is not None else "—"
         spread = f.spread + ("" if f.spread == "1 run" else f" {f.unit}")
         rows.append([f.name, f"{fmt(f.median)} {f.unit}", spread, ref, ratio, f.target_text, f.verdict])
     if markdown:
@@ -184,6 +184,21 @@ REMEDIES = {
         "**What would close the gap.** Compare `tracemalloc` snapshots of a Spookd process before and "
         "after the reloads (by traceback) to find what accumulates."
     ),
+    "growth-refused": (
+        "**Why, and what would close the gap.** The growth tracks the refused registrations (see "
+        "Findings), one open socket each: on every `Register` the kubelet dials back Spookd's socket "
+        "(GetDevicePluginOptions) before it refuses with `already connected`, and on that failure path it "
+        "never closes the connection it opened. Spookd then stops that server on the next reload, but "
+        "grpclib's `Server.close()` only stops listening and cancels running handlers; an idle "
+        "established connection stays open, and with it the `H2Protocol`, grpclib `Handler`, the "
+        "`Server`, the `DevicePluginService` and the `ResourceServer` it serves (~35 KiB and one file "
+        "descriptor per incarnation). Two fixes, both in `spookd/plugin/server.py`: (1) in "
+        "`ResourceServer._close`, after the flush timeout, close every connection the server accepted "
+        "(track them with a `grpclib.server.Server` subclass whose `_protocol_factory` records the "
+        "`H2Protocol`s, then `protocol.connection.close()`; Python 3.13's `close_clients()` does the same "
+        "for asyncio servers) — this bounds memory and descriptors whatever the kubelet does; (2) avoid "
+        "the refusal itself with a fresh socket name per server incarnation (Findings)."
+    ),
 }
 
 
@@ -238,9 +253,33 @@ def profile_misses(figures: list[Figure], *, quick: bool) -> list[tuple[str, str
                 f"```\n{profiles.startup(100)}\n```\n\n{REMEDIES['startup']}",
             )
         )
-    if any(f.name.startswith("RSS growth") for f in missed):
-        sections.append(("Memory growth over reloads", REMEDIES["growth"]))
+    growth = next((f for f in missed if f.name.startswith("RSS growth")), None)
+    if growth is not None:
+        sections.append(("Memory growth over reloads", _growth_analysis(growth)))
     return sections
+
+
+def _growth_analysis(figure: Figure) -> str:
+    curve = figure.extra.get("curve") or []
+    fds = figure.extra.get("fds") or []
+    refusals = int(figure.extra.get("refusals") or 0)
+    lines = []
+    if fds:
+        lines.append(
+            "Open file descriptors of the Spookd process after N reloads: "
+            + ", ".join(f"{n}: {count}" for n, count in fds)
+            + "."
+        )
+    if refusals and curve:
+        grown_kib = curve[-1][1] - curve[0][1]
+        lines.append(
+            f"RSS grew {grown_kib / 1024:.0f} MiB over {refusals} refused registrations "
+            f"({grown_kib / refusals:.0f} KiB each)."
+        )
+        lines.append(REMEDIES["growth-refused"])
+    else:
+        lines.append(REMEDIES["growth"])
+    return "\n\n".join(lines)
 
 
 # ---------------------------------------------------------------- the page
