@@ -85,3 +85,15 @@ def assign_socket_names(
 def env_prefix(resource_name: str) -> str:
     """The environment variable prefix of a resource (``example.com/widget`` → ``EXAMPLECOM_WIDGET``)."""
     return resource_name.upper().replace(".", "").replace("/", "_").replace("-", "_")
+
+
+def generation_socket_name(socket_name: str, generation: int, plugin_dir: str) -> str:
+    """The name a server moves to when the kubelet still holds its socket path.
+
+    ``spookd-x.sock`` becomes ``spookd-x.g2.sock``: plain and hashed names never
+    contain a dot before ``.sock``, so no other resource can have this name.
+    """
+    stem = socket_name.removesuffix(_SOCKET_SUFFIX).split(".g")[0]
+    tail = f".g{generation}{_SOCKET_SUFFIX}"
+    room = MAX_SOCKET_PATH_BYTES - len(plugin_dir.rstrip("/").encode()) - 1
+    return stem.encode()[: max(0, room - len(tail))].decode(errors="ignore") + tail

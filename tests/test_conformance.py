@@ -307,3 +307,26 @@ def test_host_devices_reach_the_container_through_the_real_manager(
     assert app.annotations == {"example.com/model": "x1", "example.com/slot": "1"}
     assert sorted(app.cdi_devices) == ["vendor.com/class=kvm0", "vendor.com/class=kvm1"]
     assert app.envs["EXAMPLECOM_KVM_NUM_DEVICES"] == "2"
+
+
+def test_a_resource_removed_and_added_back_quickly_is_always_served_again(
+    node: NodeHarness, spookd: SpookdProcess, plugin_dir: Path
+) -> None:
+    # The kubelet refuses a Register on a socket path whose old stream it has not torn
+    # down yet ("already connected") and then forgets the old client, so that path stays
+    # refused until it restarts; Spookd must still get the resource served.
+    both = WALKTHROUGH
+    widget_only = "".join(line for line in WALKTHROUGH.splitlines(keepends=True) if "thingamajig" not in line)
+    spookd.write(both)
+    spookd.start()
+    node.wait_for(serving({WIDGET: 1, THING: 2}), timeout=20)
+    for _ in range(30):
+        spookd.write(widget_only)
+        node.wait_for(lambda r: r.capacity(THING) == 0, timeout=10)
+        spookd.write(both)
+        node.wait_for(serving({WIDGET: 1, THING: 2}), timeout=10)
+    admitted = node.admit("pod-1", POD).raise_for_error()
+    assert admitted.container("app").devices[THING] == ["A1234"]
+    # a socket the kubelet refused is not left behind
+    sockets = sorted(p.name for p in plugin_dir.glob("spookd-*"))
+    assert len(sockets) == 2, sockets

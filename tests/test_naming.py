@@ -11,6 +11,7 @@ from spookd.naming import (
     SocketPathError,
     assign_socket_names,
     env_prefix,
+    generation_socket_name,
     plain_socket_name,
 )
 
@@ -82,3 +83,17 @@ def test_existing_sockets_are_kept_and_new_ones_do_not_collide(before: list[str]
     second = assign_socket_names(before + after, DIR, existing=first)
     assert all(second[r] == first[r] for r in before)
     assert len(set(second.values())) == len(second)
+
+
+def test_a_moved_socket_gets_a_generation_no_other_resource_can_have() -> None:
+    assert (
+        generation_socket_name("spookd-examplecom_widget.sock", 2, DIR) == "spookd-examplecom_widget.g2.sock"
+    )
+    assert (
+        generation_socket_name("spookd-examplecom_widget.g2.sock", 3, DIR)
+        == "spookd-examplecom_widget.g3.sock"
+    )
+    long_dir = "/tmp/" + "d" * 60
+    moved = generation_socket_name("spookd-" + "w" * 40 + ".sock", 12, long_dir)
+    assert len(f"{long_dir}/{moved}".encode()) <= MAX_SOCKET_PATH_BYTES
+    assert moved.endswith(".g12.sock")

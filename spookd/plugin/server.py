@@ -32,6 +32,7 @@ from loguru import logger
 from spookd._proto import v1beta1 as api
 from spookd.allocation import container_env, host_devices, preferred_allocation
 from spookd.config.model import HEALTHY, UNHEALTHY, Device
+from spookd.naming import generation_socket_name
 from spookd.observe import metrics
 from spookd.plugin import convert
 from spookd.plugin.claims import ClaimRefused, Claims
@@ -205,6 +206,9 @@ class ResourceServer:
         self._progress = asyncio.Event()
         self.on_registration_failing: RegistrationFailing | None = None
         self.claims: Claims | None = None
+        self._generation = 1
+        self.socket_name_before = socket_name
+        self._bound_path = self.socket_path
         self.blocked: set[str] = set()
         self.update(devices)
 
@@ -394,6 +398,7 @@ class ResourceServer:
         self._rebind_reason = None
         server = grpclib.server.Server([DevicePluginService(self)], codec=SnapshotCodec())
         await server.start(path=str(self.socket_path))
+        self._bound_path = self.socket_path
         self._bound_identity = file_identity(self.socket_path)
         logger.info("server started", resource=self.resource_name, socket=str(self.socket_path))
         return server
@@ -421,9 +426,9 @@ class ResourceServer:
         server.close()
         with anyio.move_on_after(FLUSH_TIMEOUT):
             await server.wait_closed()
-        if self._bound_identity is not None and file_identity(self.socket_path) == self._bound_identity:
+        if self._bound_identity is not None and file_identity(self._bound_path) == self._bound_identity:
             with contextlib.suppress(OSError):
-                self.socket_path.unlink()
+                self._bound_path.unlink()
         self._bound_identity = None
 
     async def _register(self) -> None:
@@ -450,6 +455,12 @@ class ResourceServer:
             try:
                 await self._register()
             except (TimeoutError, OSError, GRPCError, StreamTerminatedError) as exc:
+                if isinstance(exc, GRPCError) and "already connected" in (exc.message or ""):
+                    # The kubelet refuses this socket path while it still holds an old
+                    # stream on it, and may never let go (it drops its record of the old
+                    # client on this refusal): serve under a new name instead.
+                    self._move_socket()
+                    raise _Rebind(f"kubelet still holds {self.socket_name_before}; moving") from None
                 attempt += 1
                 metrics.REGISTRATIONS.labels(self.resource_name, "failed").inc()
                 log = logger.warning if attempt in (1, 10) or attempt % 100 == 0 else logger.debug
@@ -472,6 +483,18 @@ class ResourceServer:
             metrics.REGISTRATIONS.labels(self.resource_name, "ok").inc()
             logger.info("registered", resource=self.resource_name, endpoint=self.socket_name)
             return
+
+    def _move_socket(self) -> None:
+        self.socket_name_before = self.socket_name
+        self._generation += 1
+        self.socket_name = generation_socket_name(self.socket_name, self._generation, str(self.plugin_dir))
+        self.socket_path = self.plugin_dir / self.socket_name
+        logger.warning(
+            "the kubelet refused {old} as already connected; serving on {new}",
+            old=self.socket_name_before,
+            new=self.socket_name,
+            resource=self.resource_name,
+        )
 
     async def _sleep_or_wake(self, delay: float) -> None:
         with anyio.move_on_after(delay):
