@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -84,6 +85,9 @@ def run_daemon(
 
     use_uvloop = importlib.util.find_spec("uvloop") is not None
     logger.debug("event loop", uvloop=use_uvloop)
+    # Everything imported so far lives as long as the process: keep it out of the
+    # collector's full passes.
+    gc.freeze()
     try:
         anyio.run(main, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
     except ConnectionError as exc:

@@ -408,3 +408,19 @@ def test_exclusive_devices_are_the_ones_listed_for_several_hosts() -> None:
     assert load_config(text, "lab.yaml").shared_devices() == frozenset()
     shared = load_config("exclusive: true\n" + text, "lab.yaml").shared_devices()
     assert shared == {("skao.int/oscilloscope", "0001"), ("skao.int/signal-generator", "0001")}
+
+
+def test_the_garbage_collector_is_back_after_every_parse_even_concurrent_ones() -> None:
+    import gc
+    import threading
+
+    text = (DATA / "good" / "lab.yaml").read_text()
+    assert gc.isenabled()
+    threads = [threading.Thread(target=load_config, args=(text * 1, "t")) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with pytest.raises(ConfigInvalid):
+        load_config("deviceMapping: 5\n", "bad")
+    assert gc.isenabled()

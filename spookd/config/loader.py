@@ -7,8 +7,11 @@ column and YAML path, so a user sees all problems at once.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
 import re
+import threading
 from collections.abc import Callable, Iterator
 from typing import NoReturn, TypeVar
 
@@ -85,7 +88,37 @@ _CDI_NAME = re.compile(
 
 def load_config(text: str | bytes, source: str) -> Config:
     """Parse and validate a configuration; raise ConfigInvalid listing every error."""
-    return _Validator(source).run(text)
+    with _collector_paused():
+        return _Validator(source).run(text)
+
+
+_paused = 0
+_reenable = False
+_paused_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Keep the cyclic garbage collector out of a parse.
+
+    Composing a large document makes ~10 nodes per device, all alive until the walk
+    ends, so each collection the allocations trigger finds nothing to free; the full
+    ones walk the whole heap holding the GIL (half the parse time, and a stall of the
+    daemon's event loop while the parse runs in a worker thread).
+    """
+    global _paused, _reenable  # noqa: PLW0603 - one process-wide switch, counted across threads
+    with _paused_lock:
+        if _paused == 0:
+            _reenable = gc.isenabled()
+            gc.disable()
+        _paused += 1
+    try:
+        yield
+    finally:
+        with _paused_lock:
+            _paused -= 1
+            if _paused == 0 and _reenable:
+                gc.enable()
 
 
 class _Stop(Exception):
