@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from spookd._proto import v1beta1 as api
+from spookd._proto.upb.v1beta1 import api_pb2 as pb
 from spookd.allocation import HostDevices
 from spookd.config.model import HEALTHY
 
@@ -31,26 +32,21 @@ def register_request(resource_name: str, socket_name: str) -> api.RegisterReques
     )
 
 
-def container_response(env: Mapping[str, str], host: HostDevices) -> api.ContainerAllocateResponse:
-    """One container's share of an Allocate answer."""
-    return api.ContainerAllocateResponse(
-        envs=dict(env),
+def container_response(env: Mapping[str, str], host: HostDevices) -> pb.ContainerAllocateResponse:
+    """One container's share of an Allocate answer (protobuf's own classes: the hot path)."""
+    return pb.ContainerAllocateResponse(
+        envs=env,
         mounts=[
-            api.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
+            pb.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
             for m in host.mounts
         ],
         devices=[
-            api.DeviceSpec(container_path=n.container_path, host_path=n.host_path, permissions=n.permissions)
+            pb.DeviceSpec(container_path=n.container_path, host_path=n.host_path, permissions=n.permissions)
             for n in host.device_nodes
         ],
         annotations=dict(host.annotations),
-        cdi_devices=[api.CdiDevice(name=name) for name in host.cdi_devices],
+        cdi_devices=[pb.CDIDevice(name=name) for name in host.cdi_devices],
     )
-
-
-def allocate_requests(request: api.AllocateRequest) -> list[list[str]]:
-    """The device IDs of each container in an Allocate call."""
-    return [list(c.devices_ids) for c in request.container_requests]
 
 
 def preferred_requests(

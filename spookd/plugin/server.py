@@ -30,6 +30,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from loguru import logger
 
 from spookd._proto import v1beta1 as api
+from spookd._proto.upb.v1beta1 import api_pb2 as pb
 from spookd.allocation import container_env, host_devices, preferred_allocation
 from spookd.config.model import HEALTHY, UNHEALTHY, Device
 from spookd.naming import generation_socket_name
@@ -117,12 +118,17 @@ class DevicePluginService(api.DevicePluginBase):
             for available, must, size in convert.preferred_requests(message)
         )
 
-    async def allocate(self, message: api.AllocateRequest) -> api.AllocateResponse:
+    async def _allocate(self, stream: grpclib.server.Stream[pb.AllocateRequest, pb.AllocateResponse]) -> None:
+        # Allocate is the call a pod start waits on: its messages are protobuf's own
+        # (upb, in C) rather than betterproto2's, which encode field by field in Python.
+        request = await stream.recv_message()
+        assert request is not None
         started = time.perf_counter()
         server = self._server
         responses = []
         allocated = 0
-        for device_ids in convert.allocate_requests(message):
+        for container in request.container_requests:
+            device_ids = list(container.devices_ids)
             devices = server.lookup(device_ids)
             if server.claims is not None:
                 try:
@@ -138,7 +144,7 @@ class DevicePluginService(api.DevicePluginBase):
             )
         metrics.ALLOCATIONS.labels(server.resource_name).inc(allocated)
         metrics.ALLOCATE_LATENCY.labels(server.resource_name).observe(time.perf_counter() - started)
-        return api.AllocateResponse(container_responses=responses)
+        await stream.send_message(pb.AllocateResponse(container_responses=responses))
 
     async def pre_start_container(
         self, message: api.PreStartContainerRequest
@@ -171,6 +177,12 @@ class DevicePluginService(api.DevicePluginBase):
             grpclib.const.Cardinality.UNARY_STREAM,
             api.Empty,
             api.ListAndWatchResponse,
+        )
+        mapping["/v1beta1.DevicePlugin/Allocate"] = grpclib.const.Handler(
+            self._allocate,
+            grpclib.const.Cardinality.UNARY_UNARY,
+            pb.AllocateRequest,
+            pb.AllocateResponse,
         )
         return mapping
 
