@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Collection, Iterable, Sequence
 
 import msgspec
 
 from spookd.config.model import Device, DeviceNode, Mount
 from spookd.naming import env_prefix
+
+_instance_id = operator.attrgetter("instance_id")
 
 
 class HostDevices(msgspec.Struct, frozen=True):
@@ -45,13 +48,20 @@ def container_env(resource_name: str, devices: Sequence[Device]) -> dict[str, st
     without ``_DEV0``.
     """
     prefix = env_prefix(resource_name)
-    env: dict[str, str] = {f"{prefix}_NUM_DEVICES": str(len(devices))}
-    for index, device in enumerate(sorted(devices, key=lambda d: d.instance_id)):
-        values = {"ID": device.instance_id, "TYPE": resource_name, **device.env_dict()}
-        for key, value in values.items():
-            env[f"{prefix}_DEV{index}_{key}"] = value
-            if index == 0:
-                env[f"{prefix}_{key}"] = value
+    ordered = sorted(devices, key=_instance_id)
+    env = {f"{prefix}_NUM_DEVICES": str(len(ordered))}
+    for index, device in enumerate(ordered):
+        numbered = f"{prefix}_DEV{index}_"
+        env[numbered + "ID"] = device.instance_id
+        env[numbered + "TYPE"] = resource_name
+        for key, value in device.env:
+            env[numbered + key] = value
+    if ordered:
+        first = ordered[0]
+        env[f"{prefix}_ID"] = first.instance_id
+        env[f"{prefix}_TYPE"] = resource_name
+        for key, value in first.env:
+            env[f"{prefix}_{key}"] = value
     return env
 
 

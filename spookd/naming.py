@@ -5,6 +5,7 @@ Pure functions: no I/O, no event loop.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 
@@ -82,6 +83,7 @@ def assign_socket_names(
     return names
 
 
+@functools.lru_cache(maxsize=1024)
 def env_prefix(resource_name: str) -> str:
     """The environment variable prefix of a resource (``example.com/widget`` → ``EXAMPLECOM_WIDGET``)."""
     return resource_name.upper().replace(".", "").replace("/", "_").replace("-", "_")
