@@ -7,6 +7,7 @@ import io
 import pstats
 import statistics
 import time
+from typing import NamedTuple
 
 import anyio
 
@@ -122,7 +123,28 @@ def measure(sizes: dict[int, int], lag_reps: int) -> list[Figure]:
     return out
 
 
-def gc_effect(devices: int = 10_000, reps: int = 3) -> str:
+class GcEffect(NamedTuple):
+    with_gc: float
+    without_gc: float
+    stall_with: float
+    stall_without: float
+    full_collections: int
+    collections: int
+
+    @property
+    def gc_share(self) -> float:
+        return max(0.0, 1 - self.without_gc / self.with_gc) if self.with_gc else 0.0
+
+    @property
+    def text(self) -> str:
+        return (
+            f"parse {fmt(self.with_gc)} ms as Spookd runs it, {fmt(self.without_gc)} ms with the collector "
+            f"disabled around it; loop stall {fmt(self.stall_with)} ms → {fmt(self.stall_without)} ms; one "
+            f"parse triggers {self.full_collections} full (gen 2) and {self.collections} collections in all"
+        )
+
+
+def gc_effect(devices: int = 10_000, reps: int = 3) -> GcEffect:
     """Parse time and loop stall with the cyclic GC off: how much of the miss the collector causes."""
     import gc
 
@@ -135,16 +157,15 @@ def gc_effect(devices: int = 10_000, reps: int = 3) -> str:
         stall = loop_lag(data)[0]
     finally:
         gc.enable()
-    collections = []
-    gc.callbacks.append(
-        cb := lambda phase, info: collections.append(info["generation"]) if phase == "start" else None
-    )
+    seen: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            seen.append(info["generation"])
+
+    gc.callbacks.append(count)
     try:
         parse_times(data, 1)
     finally:
-        gc.callbacks.remove(cb)
-    return (
-        f"parse {fmt(with_gc)} ms with the GC, {fmt(without)} ms with gc.disable(); "
-        f"loop stall {fmt(stall_gc)} ms → {fmt(stall)} ms; one parse triggers "
-        f"{collections.count(2)} full (gen 2) and {len(collections)} collections in all"
-    )
+        gc.callbacks.remove(count)
+    return GcEffect(with_gc, without, stall_gc, stall, seen.count(2), len(seen))

@@ -118,37 +118,46 @@ def startup(resources: int, lines: int = 26) -> str:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def codec_costs(sizes: tuple[int, ...] = (1, 8, 64)) -> str:
-    """Encode an AllocateResponse and decode an AllocateRequest: betterproto2 (Spookd) vs protobuf's upb."""
+def upb_module() -> tuple[Any, str]:
+    """protobuf's v1beta1 module (Spookd's own if it ships one, else generated here) and its backend."""
     import importlib
     import tempfile
 
     from bench.common import ROOT
 
-    pb: Any = None
+    try:
+        from google.protobuf.internal import api_implementation  # type: ignore[import-untyped]
+
+        backend = str(api_implementation.Type())
+    except ImportError as exc:
+        return None, f"unavailable ({exc})"
+    try:
+        return importlib.import_module("spookd._proto.upb.v1beta1.api_pb2"), backend
+    except ImportError:
+        pass
     with tempfile.TemporaryDirectory() as out:
         try:
             from grpc_tools import protoc  # type: ignore[import-untyped]
 
             protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", "v1beta1/api.proto"])
             sys.path.insert(0, out)
-            pb = importlib.import_module("v1beta1.api_pb2")
-            from google.protobuf.internal import api_implementation  # type: ignore[import-untyped]
-
-            backend = api_implementation.Type()
+            return importlib.import_module("v1beta1.api_pb2"), backend
         except Exception as exc:
-            backend = f"unavailable ({exc})"
+            return None, f"unavailable ({exc})"
         finally:
             if out in sys.path:
                 sys.path.remove(out)
-        lines = [
-            "devices | env entries | betterproto2 encode | decode request | "
-            f"protobuf ({backend}) encode | decode request",
-            "---|---|---|---|---|---",
-        ]
-        lines += [_codec_row(n, pb) for n in sizes]
-        sys.modules.pop("v1beta1.api_pb2", None)
-        sys.modules.pop("v1beta1", None)
+
+
+def codec_costs(sizes: tuple[int, ...] = (1, 8, 64)) -> str:
+    """Encode an AllocateResponse and decode an AllocateRequest: betterproto2 vs protobuf (upb)."""
+    pb, backend = upb_module()
+    lines = [
+        "devices | env entries | betterproto2 encode | decode request | "
+        f"protobuf ({backend}) encode | decode request",
+        "---|---|---|---|---|---",
+    ]
+    lines += [_codec_row(n, pb) for n in sizes]
     return "\n".join(lines)
 
 
@@ -159,15 +168,14 @@ def _per_call_us(call: Callable[[], object], number: int) -> float:
 def _codec_row(n: int, pb: Any) -> str:
     """One table row: encode/decode costs for ``n`` devices, betterproto2 and (if loaded) upb."""
     from spookd._proto import v1beta1 as api
-    from spookd.allocation import HostDevices, container_env
+    from spookd.allocation import container_env
     from spookd.config.model import Device
-    from spookd.plugin import convert
 
     devices = [
         Device(WIDGET, f"dev-{i}", env=(("IP", f"10.0.0.{i}"), ("PORT", str(8000 + i)))) for i in range(n)
     ]
     env = container_env(WIDGET, devices)
-    message = api.AllocateResponse(container_responses=[convert.container_response(env, HostDevices())])
+    message = api.AllocateResponse(container_responses=[api.ContainerAllocateResponse(envs=dict(env))])
     ids = [d.instance_id for d in devices]
     request = bytes(api.AllocateRequest(container_requests=[api.ContainerAllocateRequest(devices_ids=ids)]))
     k = 200 if n >= 64 else 1000

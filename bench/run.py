@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -67,46 +69,66 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    if "allocate" in only:
+    failures: list[tuple[str, str]] = []
+
+    def guarded(name: str, measure: Callable[[], list[Figure]]) -> None:
+        """Run one group; a failure is reported on the page instead of ending the run."""
+        if name not in only:
+            return
+        stage(name)
+        try:
+            figures.extend(measure())
+        except Exception as exc:
+            traceback.print_exc()
+            failures.append((name, f"{type(exc).__name__}: {exc}"))
+
+    def allocate_group() -> list[Figure]:
         from bench import allocate
 
-        stage("allocate")
         found, _rows = allocate.measure(
             calls=500 if quick else 2000, rounds=3 if quick else 5, warmup=100 if quick else 200
         )
-        figures += found
-    if "change" in only:
+        return found
+
+    def change_group() -> list[Figure]:
         from bench import node
 
-        stage("change")
-        figures.append(node.config_change_file(10 if quick else 40))
-    if "configmap" in only:
+        return [node.config_change_file(10 if quick else 40)]
+
+    def configmap_group() -> list[Figure]:
         from bench import configmap
 
-        stage("configmap")
-        figures += configmap.measure(change_reps=8 if quick else 30, start_reps=2 if quick else 5)
-    if "startup" in only:
+        return configmap.measure(change_reps=8 if quick else 30, start_reps=2 if quick else 5)
+
+    def startup_group() -> list[Figure]:
         from bench import node
 
-        stage("startup")
-        figures += node.startup_file((1, 10, 100), 2 if quick else 5)
-    if "restart" in only:
+        return node.startup_file((1, 10, 100), 2 if quick else 5)
+
+    def restart_group() -> list[Figure]:
         from bench import node
 
-        stage("restart")
-        figures.append(node.kubelet_restart(2 if quick else 5, go_timeout=12.0))
-    if "parse" in only:
+        return [node.kubelet_restart(2 if quick else 5, go_timeout=12.0)]
+
+    def parse_group() -> list[Figure]:
         from bench import parse
 
-        stage("parse")
         sizes = {1_000: 5, 10_000: 2, 100_000: 1} if quick else {1_000: 10, 10_000: 5, 100_000: 2}
-        figures += parse.measure(sizes, lag_reps=2 if quick else 5)
-    if "memory" in only:
+        return parse.measure(sizes, lag_reps=2 if quick else 5)
+
+    def memory_group() -> list[Figure]:
         from bench import node
 
-        stage("memory")
         reloads = args.reloads or (1000 if quick else 10_000)
-        figures += node.memory_file(reloads, samples_every=max(1, reloads // 20))
+        return node.memory_file(reloads, samples_every=max(1, reloads // 20))
+
+    guarded("allocate", allocate_group)
+    guarded("change", change_group)
+    guarded("configmap", configmap_group)
+    guarded("startup", startup_group)
+    guarded("restart", restart_group)
+    guarded("parse", parse_group)
+    guarded("memory", memory_group)
 
     if not args.no_profile:
         stage("profiles")
@@ -117,12 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(figures, markdown=False))
     if not args.no_write:
         text = report.markdown(
-            figures, sections, elapsed=elapsed, quick=quick, argv=sys.argv[1:], loads=loads
+            figures,
+            sections,
+            elapsed=elapsed,
+            quick=quick,
+            argv=sys.argv[1:],
+            loads=loads,
+            failures=failures,
         )
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
         print(f"wrote {args.output} ({elapsed:.0f} s)", file=sys.stderr)
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
