@@ -99,6 +99,11 @@ class SpookdProcess:
                 raise AssertionError(f"spookd did not stop within {timeout}s:\n{self.log_text()}") from None
         return self.process.returncode
 
+    def open_fds(self) -> int:
+        """How many file descriptors the process holds."""
+        assert self.process is not None
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
     def log_text(self) -> str:
         """Everything Spookd logged so far."""
         return self.log.read_text() if self.log.exists() else ""

@@ -330,3 +330,26 @@ def test_a_resource_removed_and_added_back_quickly_is_always_served_again(
     # a socket the kubelet refused is not left behind
     sockets = sorted(p.name for p in plugin_dir.glob("spookd-*"))
     assert len(sockets) == 2, sockets
+
+
+def test_fast_reloads_leak_no_connections(node: NodeHarness, spookd: SpookdProcess) -> None:
+    # Every reload stops or starts the thingamajig server without waiting for the
+    # kubelet; the kubelet keeps its connections to a stopped plugin open, so
+    # Spookd must close them itself.
+    widget_only = "".join(line for line in WALKTHROUGH.splitlines(keepends=True) if "thingamajig" not in line)
+    spookd.write(WALKTHROUGH)
+    spookd.start()
+    node.wait_for(serving({WIDGET: 1, THING: 2}), timeout=20)
+    time.sleep(0.5)
+    before = spookd.open_fds()
+    for i in range(200):
+        applied = sum(r["message"] == "config applied" for r in spookd.records())
+        spookd.write(widget_only if i % 2 == 0 else WALKTHROUGH)
+        deadline = time.monotonic() + 10
+        while sum(r["message"] == "config applied" for r in spookd.records()) == applied:
+            assert time.monotonic() < deadline, "reload not applied"
+            time.sleep(0.005)
+    node.wait_for(serving({WIDGET: 1, THING: 2}), timeout=10)
+    time.sleep(1)
+    after = spookd.open_fds()
+    assert after <= before + 5, f"open descriptors grew from {before} to {after} over 200 reloads"

@@ -16,6 +16,7 @@ import os
 import random
 import stat
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import grpclib.server
 from grpclib.client import Channel
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.protocol import H2Protocol
 from loguru import logger
 
 from spookd._proto import v1beta1 as api
@@ -69,6 +71,32 @@ class SnapshotCodec(ProtoCodec):
         if isinstance(message, PreEncoded):
             return message.data
         return super().encode(message, message_type)
+
+
+class ClosingServer(grpclib.server.Server):
+    """grpclib's server, closing its clients' connections too when it closes.
+
+    grpclib closes the listening socket and cancels running requests but leaves
+    accepted connections open until the peer hangs up. The kubelet keeps the
+    connection of a plugin it no longer uses, so every stop of a resource would leak
+    a socket (about 2.5 descriptors per reload were seen before this).
+    """
+
+    def __init__(self, handlers: Sequence[Any], codec: Any) -> None:
+        super().__init__(handlers, codec=codec)
+        self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+
+    def _protocol_factory(self) -> H2Protocol:
+        protocol = super()._protocol_factory()
+        self._protocols.add(protocol)
+        return protocol
+
+    def close(self) -> None:
+        super().close()
+        for protocol in list(self._protocols):
+            connection = getattr(protocol, "connection", None)
+            if connection is not None:
+                connection.close()
 
 
 class _Watcher:
@@ -408,7 +436,7 @@ class ResourceServer:
         self.registered = False
         self._remove_stale()
         self._rebind_reason = None
-        server = grpclib.server.Server([DevicePluginService(self)], codec=SnapshotCodec())
+        server = ClosingServer([DevicePluginService(self)], codec=SnapshotCodec())
         await server.start(path=str(self.socket_path))
         self._bound_path = self.socket_path
         self._bound_identity = file_identity(self.socket_path)
