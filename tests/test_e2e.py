@@ -361,3 +361,23 @@ def test_a_second_widget_and_thingamajig_in_the_configmap_start_the_pending_repl
     assert env_of(cluster, pod) == expected_env("0002", "B5678", {"IP": "192.168.0.201", "PORT": "12345"})
     first = get_pod(cluster, walkthrough["running"]["metadata"]["name"])
     assert env_of(cluster, first) == expected_env("0001", "A1234", WIDGET)
+
+
+def test_spookd_keeps_serving_after_minutes_of_watching(
+    cluster: Cluster, walkthrough: dict[str, Any]
+) -> None:
+    """A daemon's life is longer than a test's: the API server sends watch bookmarks every minute."""
+    assert cluster.spookd is not None
+    began = cluster.spookd.started
+    time.sleep(max(0.0, began + 100 - time.monotonic()))
+    try:
+        cluster.spookd.check()
+    except E2EError as error:
+        raise AssertionError(f"Spookd died while watching its ConfigMap: {error}") from None
+    widgets = [
+        {"resourceName": "example.com/widget", "instanceID": f"000{i}", "env": {"IP": f"192.168.0.20{i - 1}"}}
+        for i in (1, 2, 3)
+    ]
+    thingamajigs = [{"resourceName": "example.com/thingamajig", "instanceID": i} for i in ("A1234", "B5678")]
+    patch_config(cluster, widgets + thingamajigs)
+    wait_capacity(cluster, "3", "2", timeout=30)

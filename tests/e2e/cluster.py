@@ -34,7 +34,7 @@ from e2e import host
 from e2e.containerd import BRIDGE, Containerd
 from e2e.host import E2EError, Process, tail, wait_for
 
-__all__ = ["LOGS", "NODE_NAME", "PLUGIN_DIR", "STATIC_PODS", "Cluster", "plugin_objects"]
+__all__ = ["LOGS", "NODE_NAME", "PLUGIN_DIR", "POD_LOGS", "STATIC_PODS", "Cluster", "plugin_objects"]
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_MANIFEST = REPO / "deploy" / "spookd-device-plugin.yaml"

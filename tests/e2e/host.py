@@ -158,11 +158,14 @@ class Process:
         self.popen: subprocess.Popen[bytes] | None = None
         #: The program that ends up running (``/proc/<pid>/cmdline``), if not argv[0].
         self.program: str | None = None
+        #: time.monotonic() at start.
+        self.started = 0.0
 
     def start(self) -> Process:
         """Start it, appending to its log; a pid file lets a later run end it after a crash."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.started = time.monotonic()
         with self.log.open("ab") as out:
             out.write(f"\n==== {time.strftime('%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
             out.flush()
