@@ -14,10 +14,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import gobuild
 from support.apiserver import ApiServer
+from support.helm import helm_binary
 from support.nodeharness import NodeHarness
 
 DATA = Path(__file__).parent / "data"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the Go programs the collected tests need, before any of them runs.
+
+    A cold build (a fresh machine: modules downloaded, k8s.io/kubernetes compiled)
+    takes minutes, longer than one test's timeout; built here, outside every test,
+    the fixtures later find them in Go's build cache.
+    """
+    markers = {marker.name for item in session.items for marker in item.iter_markers()}
+    programs = []
+    if "harness" in markers:
+        programs += ["nodeharness", "goplugin", "podresources-list"]
+    if "apiserver" in markers:
+        programs.append("apiserver")
+    for program in programs:
+        gobuild.build(program)
+    if any(item.path.name == "test_deploy.py" for item in session.items):
+        helm_binary()
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ WIDGET = "example.com/widget"
 
 log = logging.getLogger(__name__)
 
+pytestmark = pytest.mark.harness
+
 
 @pytest.fixture(scope="module")
 def binaries() -> tuple[pathlib.Path, pathlib.Path]:
