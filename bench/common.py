@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +219,16 @@ class Figure:
     profile: str = ""
     remedy: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the runner's group that measured it (allocate, change, ...)
+    group: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Figure:
+        target = raw.get("target")
+        return cls(**{**raw, "target": Target(**target) if target else None})
 
     @property
     def median(self) -> float:

@@ -198,8 +198,11 @@ def kubelet_restart(reps: int, resources: int = 10, go_timeout: float = 15.0) ->
     )
 
 
-def memory_file(reloads: int, samples_every: int) -> list[Figure]:
-    """VmRSS idle with 10 resources, and its growth over ``reloads`` applied config changes."""
+def memory_file(reloads: int, samples_every: int, budget: float = 420.0) -> list[Figure]:
+    """VmRSS idle with 10 resources, and its growth over ``reloads`` applied config changes.
+
+    The reload run stops early after ``budget`` seconds (the figure names the count reached).
+    """
     plugin_dir, workdir = short_dir("bme-"), short_dir("bme-w-")
     names = [f"example.com/r{r:03d}" for r in range(10)]
     config_a = resources_config(10, 2)
@@ -224,23 +227,32 @@ def memory_file(reloads: int, samples_every: int) -> list[Figure]:
                 spookd.new_records()
                 curve.append((0, spookd.rss_kib()))
                 fds = [(0, spookd.open_fds())]
+                refused_at = [(0, 0)]
                 started = time.monotonic()
-                timeouts = 0
+                timeouts = refusals = done = 0
                 for i in range(1, reloads + 1):
                     write_atomic(spookd.config, config_b if i % 2 else config_a)
                     deadline = time.monotonic() + 10
-                    while not any(r.get("message") == "config applied" for r in spookd.new_records()):
+                    while True:
+                        records = spookd.new_records()
+                        refusals += sum("already connected" in str(r.get("message", "")) for r in records)
+                        if any(r.get("message") == "config applied" for r in records):
+                            break
                         if time.monotonic() > deadline:
                             timeouts += 1
                             break
                         time.sleep(0.002)
+                    done = i
                     if i % samples_every == 0:
                         curve.append((i, spookd.rss_kib()))
                         fds.append((i, spookd.open_fds()))
+                        refused_at.append((i, refusals))
                     if not spookd.alive():
                         raise RuntimeError(f"spookd died after {i} reloads:\n{spookd.log_tail()}")
+                    if time.monotonic() - started > budget and i % 2 == 0:
+                        break
                 elapsed = time.monotonic() - started
-                if reloads % 2:
+                if done % 2:
                     write_atomic(spookd.config, config_a)
                 # A resource stopped and started again within the kubelet's stream teardown can be
                 # refused for good ("device plugin already connected"): report it, do not wait forever.
@@ -250,10 +262,8 @@ def memory_file(reloads: int, samples_every: int) -> list[Figure]:
                 except TimeoutError:
                     snap = node.resources()
                     stuck = [n for n in names if not (snap.is_registered(n) and snap.capacity(n) == 2)]
-                refusals = sum(
-                    1
-                    for line in spookd.log.read_text(errors="replace").splitlines()
-                    if "already connected" in line
+                refusals += sum(
+                    "already connected" in str(r.get("message", "")) for r in spookd.new_records()
                 )
                 time.sleep(2.0)
                 after = [spookd.rss_kib() / 1024]
@@ -263,7 +273,7 @@ def memory_file(reloads: int, samples_every: int) -> list[Figure]:
         shutil.rmtree(plugin_dir, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
     growth = after[0] - statistics.median(idle)
-    first_k = next((kib for n, kib in curve if n >= reloads // 10 and n > 0), curve[-1][1]) / 1024
+    first_k = next((kib for n, kib in curve if n >= done // 10 and n > 0), curve[-1][1]) / 1024
     late_growth = after[0] - first_k
     return [
         Figure(
@@ -274,15 +284,22 @@ def memory_file(reloads: int, samples_every: int) -> list[Figure]:
             note="5 samples, 2 s after registration",
         ),
         Figure(
-            name=f"RSS growth over {reloads} reloads (file)",
+            name=f"RSS growth over {done} reloads (file)",
             unit="MiB",
             values=[growth],
             target=Target(2.0, "flat (≤ 2 MiB growth)"),
-            note=f"{fmt(elapsed)} s, {fmt(elapsed / reloads * 1000)} ms per applied reload"
+            note=f"{fmt(elapsed)} s, {fmt(elapsed / max(done, 1) * 1000)} ms per applied reload"
+            + (f" (stopped at the {budget:.0f} s budget, {reloads} asked)" if done < reloads else "")
             + (f", {timeouts} not seen applied" if timeouts else "")
             + f"; growth after the first 10 %: {fmt(late_growth)} MiB"
             + (f'; kubelet refused re-registration {refusals}× ("already connected")' if refusals else "")
             + (f"; left unserved at the end: {', '.join(stuck)}" if stuck else ""),
-            extra={"curve": curve, "fds": fds, "stuck": stuck, "refusals": refusals},
+            extra={
+                "curve": curve,
+                "fds": fds,
+                "stuck": stuck,
+                "refusals": refusals,
+                "refused_at": refused_at,
+            },
         ),
     ]

@@ -396,27 +396,37 @@ def _findings(figures: list[Figure]) -> str:
     if growth is None or not growth.extra.get("refusals"):
         return ""
     stuck = growth.extra.get("stuck") or []
-    return (
+    refused_at = growth.extra.get("refused_at") or []
+    text = (
         f"During the reload run the device manager refused Spookd's registration "
         f"{growth.extra['refusals']} times with `device plugin already connected`"
-        + (f", and {', '.join(stuck)} stayed unserved (capacity 0) at the end" if stuck else "")
+        + (f", and {', '.join(stuck)} was left unserved at the end" if stuck else "")
         + ". Cause, in the kubelet (k8s.io/kubernetes v1.37 `pkg/kubelet/cm/devicemanager`): when a "
         "resource is stopped and started again on the *same socket path* before the kubelet has torn down "
         "the old ListAndWatch stream, `PluginConnected` refuses the new endpoint; the failed "
         "`connectClient` then calls `deregisterClient` for that socket path, which also drops the *old* "
         "client from the handler's list, so when the old stream ends `runClient` finds no client and never "
         "calls `PluginDisconnected`. The stale endpoint (with the withdrawn, empty device list) stays "
-        "“connected” and every later Register on that path is refused until the kubelet restarts. "
-        + (
-            "Spookd's retries on the same path cannot recover. Avoidable on Spookd's side: serve each "
-            "server incarnation on a fresh socket name (e.g. a generation suffix), or rebind under a new "
-            "name when Register answers `already connected`."
-            if stuck
-            else "In this run Spookd recovered every time (it moves to a new socket name after the "
-            "refusal), so every resource was served at the end; each refusal still costs one retry "
-            "and, in the kubelet, one leaked connection (see the memory section if growth is reported)."
-        )
+        "“connected” and every later Register on that path is refused until the kubelet restarts; the "
+        "connection the kubelet dialled back for the refused Register is not closed on its side either."
     )
+    if len(refused_at) >= 3:
+        steps = list(zip(refused_at, refused_at[1:], strict=False))
+        rates = [(b[1] - a[1]) / max(1, b[0] - a[0]) for a, b in steps]
+        first, last = rates[0], rates[-1]
+        text += (
+            f"\n\nRefusals per reload: {first:.2f} in the first {steps[0][1][0]} reloads, {last:.2f} in the "
+            f"last {steps[-1][1][0] - steps[-1][0][0]}."
+        )
+        if last > 1.5 * first + 0.05:
+            text += (
+                " They grow with the run: each wedged path stays wedged, and a re-added resource "
+                "starts again from its base socket name and walks through every name wedged before it "
+                "(one refusal, one kubelet dial-back and one `.g<n>` move per wedged name). A generation "
+                "counter kept per resource name for the life of the process, or a fresh name for every "
+                "server incarnation, makes a re-add cost at most one refusal, or none."
+            )
+    return text
 
 
 METHOD = """

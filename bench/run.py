@@ -8,6 +8,7 @@ python bench/run.py --only allocate,parse --no-write
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import report
 from bench.common import ROOT, Figure
 
-GROUPS = ("allocate", "change", "startup", "restart", "memory", "parse", "configmap")
+GROUPS = ("allocate", "change", "configmap", "startup", "restart", "parse", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         "to fall below --quiet-load",
     )  # fmt: skip
     parser.add_argument("--quiet-load", type=float, default=1.0, help="see --wait-quiet (default 1.0)")
+    parser.add_argument(
+        "--results", type=Path, default=Path.home() / ".cache" / "spookd-bench" / "last.json",
+        help="where the figures of the run are kept (for --merge)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="keep the figures of the last run for the groups not measured now (with --only)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     only = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = set(only) - set(GROUPS)
@@ -77,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             return
         stage(name)
         try:
-            figures.extend(measure())
+            found = measure()
+            for figure in found:
+                figure.group = name
+            figures.extend(found)
         except Exception as exc:
             traceback.print_exc()
             failures.append((name, f"{type(exc).__name__}: {exc}"))
@@ -129,6 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     guarded("restart", restart_group)
     guarded("parse", parse_group)
     guarded("memory", memory_group)
+
+    if args.merge and args.results.exists():
+        kept = [Figure.from_json(raw) for raw in json.loads(args.results.read_text())]
+        measured = {f.group for f in figures} | {name for name, _ in failures}
+        figures = [f for f in kept if f.group not in measured] + figures
+        order = {g: i for i, g in enumerate(GROUPS)}
+        figures.sort(key=lambda f: order.get(f.group, len(GROUPS)))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps([f.to_json() for f in figures], indent=1))
 
     if not args.no_profile:
         stage("profiles")
