@@ -254,3 +254,22 @@ def test_registration_failing_for_long_is_a_warning_event(
     time.sleep(2)
     assert len(failing()) == 2, "one Event per resource, not one per retry"
     assert spookd.stop() == 0
+
+
+def test_the_watch_outlives_bookmarks(apiserver: ApiServer, node: NodeHarness, spookd: SpookdProcess) -> None:
+    # The API server sends a watch bookmark about once a minute; kubernetes-asyncio
+    # hands its object over as a plain dict. Spookd once died on the first one.
+    api = apiserver.client()
+    namespace = new_namespace(api)
+    assert api.create(configmap(namespace, config(1))).status == 201
+    spookd.start(configmap=f"{namespace}/spookd-config", kubeconfig=apiserver.kubeconfig)
+    node.wait_for(widgets_served(1), timeout=20)
+    deadline = time.monotonic() + 75
+    while time.monotonic() < deadline:
+        assert spookd.process is not None
+        assert spookd.process.poll() is None, spookd.log_text()[-3000:]
+        time.sleep(1)
+    put(api, namespace, config(2))
+    node.wait_for(widgets_served(2), timeout=20)
+    assert "unexpected answer" not in spookd.log_text()
+    assert spookd.stop() == 0

@@ -103,6 +103,15 @@ class ConfigMapWatch:
                     error=str(exc) or type(exc).__name__,
                     source=self.source,
                 )
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # An answer of a shape this code does not expect must not end the
+                # daemon: the devices keep being served while the watch starts over.
+                logger.error(
+                    "unexpected answer from the API server ({error}); listing again",
+                    error=f"{type(exc).__name__}: {exc}",
+                    source=self.source,
+                )
+                self.resource_version = None
             await anyio.sleep(backoff.next_delay())
 
     async def _list(self) -> SourceEvent | None:
@@ -140,7 +149,9 @@ class ConfigMapWatch:
             async for raw in stream:
                 kind = raw["type"]
                 obj = raw["object"]
-                self.resource_version = obj.metadata.resource_version
+                # kubernetes-asyncio leaves a BOOKMARK's object a plain dict; the raw
+                # object always is one.
+                self.resource_version = raw["raw_object"]["metadata"]["resourceVersion"]
                 if kind == "BOOKMARK":
                     continue
                 event = await self._version(None if kind == "DELETED" else obj)
