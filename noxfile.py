@@ -19,6 +19,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """The walkthrough on a real single-node cluster: kubelet, containerd, runc, scheduler (root)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-p", "no:cacheprovider", "tests/test_e2e.py", env={"SPOOKD_E2E": "1"})
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """Ruff lint and format check; the import layers of STYLE.md."""
     session.install("-e", ".[lint]")

@@ -1,4 +1,4 @@
-"""The original's walkthrough on a real single-node cluster (issue 10, tests/e2e/README.md).
+"""The original's walkthrough on a real single-node cluster (issue 10, docs/e2e.md).
 
 kube-apiserver on etcd, kube-controller-manager, kube-scheduler and the kubelet built
 from k8s.io/kubernetes; containerd and runc from Debian; images made from Debian's

@@ -7,5 +7,5 @@ locally from Debian's busybox-static, a bridge CNI network, and Spookd as a proc
 on the node reading the ConfigMap of deploy/spookd-device-plugin.yaml.
 
 ``tests/test_e2e.py`` drives it (``SPOOKD_E2E=1 pytest tests/test_e2e.py``, as root);
-``cd tests && python -m e2e`` brings it up by hand. See README.md here.
+``cd tests && python -m e2e`` brings it up by hand. See docs/e2e.md.
 """
