@@ -9,6 +9,7 @@ exponential backoff and jitter.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from spookd.sources import Accepted, Deleted, ObjectRef, Rejected, SourceEvent
 from spookd.sources.file import parse
 
 #: The API server ends each watch after this long (a little randomised, as client-go does).
-WATCH_SERVER_TIMEOUT = 300
+WATCH_SERVER_TIMEOUT = int(os.environ.get("SPOOKD_WATCH_TIMEOUT", "300"))
 #: The client gives up on a silent connection after this long.
 CLIENT_READ_TIMEOUT = 30
 #: Event messages are cut to this length (the API server's limit is 1 KiB for notes).
