@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import subprocess
@@ -41,7 +42,14 @@ def wait_quiet(timeout: float, threshold: float) -> float:
     return time.monotonic() - started
 
 
-def machine() -> list[tuple[str, str]]:
+def spookd_version() -> str:
+    """The commit Spookd is measured at, and whether spookd/ had uncommitted changes."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--", "spookd")
+    return f"commit {commit}" + (" with uncommitted changes in spookd/" if dirty else "")
+
+
+def machine(measured: str | None = None) -> list[tuple[str, str]]:
     """What the numbers were measured on."""
     cpu = "unknown"
     try:
@@ -72,8 +80,6 @@ def machine() -> list[tuple[str, str]]:
             versions.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
             continue
-    commit = _git("rev-parse", "--short", "HEAD")
-    dirty = _git("status", "--porcelain", "--", "spookd")
     kubernetes = "unknown"
     gomod = ROOT / "tests" / "go" / "go.mod"
     for line in gomod.read_text().splitlines():
@@ -86,7 +92,12 @@ def machine() -> list[tuple[str, str]]:
         ("Go", go),
         ("Kubernetes (device manager, reference plugin)", kubernetes),
         ("Packages", ", ".join(versions)),
-        ("Spookd", f"commit {commit}" + (" with uncommitted changes in spookd/" if dirty else "")),
+        (
+            "Spookd",
+            spookd_version()
+            if measured is None or measured == spookd_version()
+            else f"figures measured at {measured}; profiles at {spookd_version()}",
+        ),
     ]
 
 
@@ -332,6 +343,7 @@ def markdown(
     argv: list[str],
     loads: Sequence[tuple[str, str]] = (),
     failures: Sequence[tuple[str, str]] = (),
+    measured: str | None = None,
 ) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
@@ -353,7 +365,7 @@ def markdown(
         "## Machine",
         "",
     ]
-    out += [f"- **{k}**: {v}" for k, v in machine()]
+    out += [f"- **{k}**: {v}" for k, v in machine(measured)]
     if loads:
         out += [
             "- **Load average (1/5/15 min) at each stage**: "
@@ -411,16 +423,18 @@ def _findings(figures: list[Figure]) -> str:
         "connection the kubelet dialled back for the refused Register is not closed on its side either."
     )
     if len(refused_at) >= 3:
-        steps = list(zip(refused_at, refused_at[1:], strict=False))
+        steps = list(itertools.pairwise(refused_at))
         rates = [(b[1] - a[1]) / max(1, b[0] - a[0]) for a, b in steps]
         first, last = rates[0], rates[-1]
         text += (
             f"\n\nRefusals per reload: {first:.2f} in the first {steps[0][1][0]} reloads, {last:.2f} in the "
             f"last {steps[-1][1][0] - steps[-1][0][0]}."
         )
-        if last > 1.5 * first + 0.05:
+        per_readd = refused_at[-1][1] / max(1, refused_at[-1][0] / 2)
+        if last > 1.5 * first + 0.05 or per_readd > 1.2:
             text += (
-                " They grow with the run: each wedged path stays wedged, and a re-added resource "
+                f" That is {per_readd:.1f} refusals per re-add of the dropped resource: each wedged path "
+                "stays wedged, and a re-added resource "
                 "starts again from its base socket name and walks through every name wedged before it "
                 "(one refusal, one kubelet dial-back and one `.g<n>` move per wedged name). A generation "
                 "counter kept per resource name for the life of the process, or a fresh name for every "

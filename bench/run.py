@@ -142,21 +142,41 @@ def main(argv: list[str] | None = None) -> int:
     guarded("parse", parse_group)
     guarded("memory", memory_group)
 
+    argv = sys.argv[1:]
+    previous = 0.0
+    measured = report.spookd_version() if figures else None
     if args.merge and args.results.exists():
-        kept = [Figure.from_json(raw) for raw in json.loads(args.results.read_text())]
-        measured = {f.group for f in figures} | {name for name, _ in failures}
-        figures = [f for f in kept if f.group not in measured] + figures
+        stored = json.loads(args.results.read_text())
+        measured_groups = {f.group for f in figures} | {name for name, _ in failures}
+        kept = [Figure.from_json(raw) for raw in stored["figures"]]
+        figures = [f for f in kept if f.group not in measured_groups] + figures
         order = {g: i for i, g in enumerate(GROUPS)}
         figures.sort(key=lambda f: order.get(f.group, len(GROUPS)))
+        loads[:0] = [(n, v) for n, v in stored["loads"] if n not in measured_groups | {"profiles", "end"}]
+        argv = [*stored["argv"], "+", *argv]
+        previous = float(stored.get("elapsed", 0.0))
+        if not measured_groups:
+            measured = stored.get("measured") or measured
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps([f.to_json() for f in figures], indent=1))
+    args.results.write_text(
+        json.dumps(
+            {
+                "figures": [f.to_json() for f in figures],
+                "loads": loads,
+                "argv": argv,
+                "elapsed": previous + time.monotonic() - started,
+                "measured": measured,
+            },
+            indent=1,
+        )
+    )
 
     if not args.no_profile:
         stage("profiles")
         sections = report.profile_misses(figures, quick=quick)
 
     loads.append(("end", report.loadavg()))
-    elapsed = time.monotonic() - started
+    elapsed = previous + time.monotonic() - started
     print(report.table(figures, markdown=False))
     if not args.no_write:
         text = report.markdown(
@@ -164,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             sections,
             elapsed=elapsed,
             quick=quick,
-            argv=sys.argv[1:],
+            argv=argv,
             loads=loads,
             failures=failures,
+            measured=measured,
         )
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
