@@ -1,10 +1,10 @@
-"""Every project task: `nox -l` lists them; `nox` runs lint, typecheck and tests."""
+"""Every project task: `nox -l` lists them; `nox` runs lint, typecheck, tests and e2e."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "e2e"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
