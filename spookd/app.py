@@ -115,6 +115,7 @@ class Reconciler:
         self.applied = 0
         self.applying = False
         self.claims: SharedClaims | None = None
+        self._generations: dict[str, int] = {}
         self.prober = HealthProber(task_group, self._health_changed)
 
     def _share(self, shared: frozenset[tuple[str, str]]) -> None:
@@ -191,6 +192,7 @@ class Reconciler:
                     action.devices,
                     self.plugin_dir,
                     sockets[action.resource_name],
+                    generation=self._generations.get(action.resource_name, 0) + 1,
                 )
                 server.on_registration_failing = self._registration_failing
                 if self.claims is not None:
@@ -229,6 +231,10 @@ class Reconciler:
 
     async def _stop(self, resource_name: str) -> None:
         running = self._running.pop(resource_name)
+        # A resource added back later starts on a name this process never used: the
+        # kubelet may not have torn down its stream on the old one yet and would
+        # refuse it ("already connected") for good.
+        self._generations[resource_name] = running.server.generation
         await running.server.withdraw()
         running.scope.cancel()
         await running.done.wait()

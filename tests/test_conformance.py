@@ -330,6 +330,9 @@ def test_a_resource_removed_and_added_back_quickly_is_always_served_again(
     # a socket the kubelet refused is not left behind
     sockets = sorted(p.name for p in plugin_dir.glob("spookd-*"))
     assert len(sockets) == 2, sockets
+    # each re-added server starts on a name the kubelet has never seen: never refused
+    refused = [r for r in spookd.records() if "already connected" in r["message"]]
+    assert not refused, refused[:3]
 
 
 def test_fast_reloads_leak_no_connections(node: NodeHarness, spookd: SpookdProcess) -> None:

@@ -224,6 +224,7 @@ class ResourceServer:
         devices: Sequence[Device],
         plugin_dir: Path,
         socket_name: str,
+        generation: int = 1,
     ) -> None:
         self.resource_name = resource_name
         self.plugin_dir = plugin_dir
@@ -246,7 +247,11 @@ class ResourceServer:
         self._progress = asyncio.Event()
         self.on_registration_failing: RegistrationFailing | None = None
         self.claims: Claims | None = None
-        self._generation = 1
+        self.generation = generation
+        if generation > 1:
+            socket_name = generation_socket_name(socket_name, generation, str(plugin_dir))
+            self.socket_name = socket_name
+            self.socket_path = plugin_dir / socket_name
         self.socket_name_before = socket_name
         self._bound_path = self.socket_path
         self.blocked: set[str] = set()
@@ -526,8 +531,8 @@ class ResourceServer:
 
     def _move_socket(self) -> None:
         self.socket_name_before = self.socket_name
-        self._generation += 1
-        self.socket_name = generation_socket_name(self.socket_name, self._generation, str(self.plugin_dir))
+        self.generation += 1
+        self.socket_name = generation_socket_name(self.socket_name, self.generation, str(self.plugin_dir))
         self.socket_path = self.plugin_dir / self.socket_name
         logger.warning(
             "the kubelet refused {old} as already connected; serving on {new}",
