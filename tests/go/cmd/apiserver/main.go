@@ -42,54 +42,19 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
-	_ "unsafe" // for go:linkname
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/server/v3/embed"
 	"k8s.io/apiserver/pkg/storage/storagebackend"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
-	"k8s.io/component-base/version"
 	kubeapiservertesting "k8s.io/kubernetes/cmd/kube-apiserver/app/testing"
+	"spookd.test/harness/internal/kubeversion"
 )
-
-// The version a Kubernetes build stamps in with -ldflags; without it the server
-// reports v0.0.0-master, which clients that check versions (Helm's kubeVersion
-// constraint) reject. Set from the k8s.io/kubernetes module this was built with.
-//
-//go:linkname gitVersion k8s.io/component-base/version.gitVersion
-var gitVersion string
-
-//go:linkname gitMajor k8s.io/component-base/version.gitMajor
-var gitMajor string
-
-//go:linkname gitMinor k8s.io/component-base/version.gitMinor
-var gitMinor string
-
-func stampKubernetesVersion() error {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return errors.New("no build information in the binary")
-	}
-	for _, dep := range info.Deps {
-		if dep.Path != "k8s.io/kubernetes" {
-			continue
-		}
-		parts := strings.SplitN(strings.TrimPrefix(dep.Version, "v"), ".", 3)
-		if len(parts) < 2 {
-			return fmt.Errorf("unexpected k8s.io/kubernetes version %q", dep.Version)
-		}
-		gitVersion, gitMajor, gitMinor = dep.Version, parts[0], parts[1]
-		return version.SetDynamicVersion(dep.Version)
-	}
-	return errors.New("k8s.io/kubernetes is not among the build's modules")
-}
 
 func main() {
 	workdir := flag.String("workdir", "", "directory for etcd data, certificates, the token and the kubeconfig (required)")
@@ -99,7 +64,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "apiserver: -workdir is required")
 		os.Exit(2)
 	}
-	if err := stampKubernetesVersion(); err != nil {
+	if err := kubeversion.Stamp(); err != nil {
 		fmt.Fprintf(os.Stderr, "apiserver: version: %v\n", err)
 		os.Exit(1)
 	}
