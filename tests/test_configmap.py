@@ -75,6 +75,18 @@ def widgets_served(n: int) -> Callable[[Resources], bool]:
     return lambda r: r.is_registered(WIDGET) and r.capacity(WIDGET) == n and r.allocatable(WIDGET) == n
 
 
+def serving_from_a_configmap(
+    apiserver: ApiServer, node: NodeHarness, spookd: SpookdProcess
+) -> tuple[ApiClient, str]:
+    """A new namespace whose ConfigMap (one widget) Spookd serves, with the admin's kubeconfig."""
+    api = apiserver.client()
+    namespace = new_namespace(api)
+    assert api.create(configmap(namespace, config(1))).status == 201
+    spookd.start(configmap=f"{namespace}/spookd-config", kubeconfig=apiserver.kubeconfig)
+    node.wait_for(widgets_served(1), timeout=20)
+    return api, namespace
+
+
 def test_create_update_reject_fix_delete_recreate(
     apiserver: ApiServer, node: NodeHarness, spookd: SpookdProcess, plugin_dir: Path
 ) -> None:
@@ -121,11 +133,7 @@ def test_create_update_reject_fix_delete_recreate(
 def test_watch_survives_an_api_server_restart_without_a_reconnect_storm(
     apiserver: ApiServer, node: NodeHarness, spookd: SpookdProcess
 ) -> None:
-    api = apiserver.client()
-    namespace = new_namespace(api)
-    assert api.create(configmap(namespace, config(1))).status == 201
-    spookd.start(configmap=f"{namespace}/spookd-config", kubeconfig=apiserver.kubeconfig)
-    node.wait_for(widgets_served(1), timeout=20)
+    api, namespace = serving_from_a_configmap(apiserver, node, spookd)
 
     apiserver.restart()
     put(api, namespace, config(2))  # made while Spookd may still be reconnecting
@@ -198,11 +206,7 @@ def test_without_a_binding_one_clear_permission_error_and_retries(
 def test_watch_relists_after_410_gone_without_losing_an_update(
     apiserver: ApiServer, node: NodeHarness, spookd: SpookdProcess
 ) -> None:
-    api = apiserver.client()
-    namespace = new_namespace(api)
-    assert api.create(configmap(namespace, config(1))).status == 201
-    spookd.start(configmap=f"{namespace}/spookd-config", kubeconfig=apiserver.kubeconfig)
-    node.wait_for(widgets_served(1), timeout=20)
+    api, namespace = serving_from_a_configmap(apiserver, node, spookd)
 
     # Writes elsewhere move the store's revision past what Spookd last saw; after a
     # compaction and a restart of the API server (a fresh watch cache), resuming

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Mapping
 from spookd._proto import v1beta1 as api
 from spookd._proto.upb.v1beta1 import api_pb2 as pb
 from spookd.allocation import HostDevices
-from spookd.config.model import HEALTHY
 
 API_VERSION = "v1beta1"
 
@@ -64,8 +63,3 @@ def preferred_response(choices: Iterable[list[str]]) -> api.PreferredAllocationR
     return api.PreferredAllocationResponse(
         container_responses=[api.ContainerPreferredAllocationResponse(device_i_ds=c) for c in choices]
     )
-
-
-def all_healthy(device_ids: Iterable[str]) -> dict[str, str]:
-    """``{instance_id: "Healthy"}`` for every ID."""
-    return dict.fromkeys(device_ids, HEALTHY)
