@@ -204,7 +204,7 @@ REMEDIES = {
         "grpclib's `Server.close()` only stops listening and cancels running handlers; an idle "
         "established connection stays open, and with it the `H2Protocol`, grpclib `Handler`, the "
         "`Server`, the `DevicePluginService` and the `ResourceServer` it serves (~35 KiB and one file "
-        "descriptor per incarnation). Two fixes, both in `spookd/plugin/server.py`: (1) in "
+        "descriptor per incarnation). Two fixes, both in `spookd/deviceplugin/server.py`: (1) in "
         "`ResourceServer._close`, after the flush timeout, close every connection the server accepted "
         "(track them with a `grpclib.server.Server` subclass whose `_protocol_factory` records the "
         "`H2Protocol`s, then `protocol.connection.close()`; Python 3.13's `close_clients()` does the same "

@@ -20,14 +20,14 @@ import anyio
 from loguru import logger
 
 from spookd import reconcile
+from spookd.claims import Claims
 from spookd.config.model import Device
+from spookd.config.versions import Accepted, Deleted, EventSink, Rejected, SourceEvent
+from spookd.deviceplugin.probes import HealthProber
+from spookd.deviceplugin.server import ResourceServer
+from spookd.deviceplugin.watch import watch_plugin_dir
 from spookd.naming import assign_socket_names
 from spookd.observe import metrics
-from spookd.plugin.claims import Claims
-from spookd.plugin.probes import HealthProber
-from spookd.plugin.server import ResourceServer
-from spookd.plugin.watch import watch_plugin_dir
-from spookd.sources import Accepted, Deleted, EventSink, Rejected, SourceEvent
 
 DesiredState = dict[str, dict[str, Device]]
 
@@ -84,7 +84,7 @@ class ResourceLifecycle(Protocol):
 
 
 class SharedClaims(Claims, Protocol):
-    """Cross-host claims as the reconciler drives them (spookd.exclusive.LeaseClaims)."""
+    """Cross-host claims as the reconciler drives them (spookd.kube.leases.LeaseClaims)."""
 
     def set_shared(self, shared: frozenset[tuple[str, str]]) -> None:
         """This node's devices that need claims now."""

@@ -12,7 +12,7 @@ import anyio
 from loguru import logger
 
 from spookd.app import AppState, ResourceLifecycle, SharedClaims, run
-from spookd.sources import EventSink, ObjectRef, SourceEvent
+from spookd.config.versions import EventSink, ObjectRef, SourceEvent
 
 
 def run_daemon(
@@ -43,7 +43,7 @@ def run_daemon(
         api = None
         claims: Callable[[Callable[[str, set[str]], None]], SharedClaims] | None = None
         if configmap is not None or cleanup_stale_resources or lease_namespace:
-            from spookd.kubeapi import connect
+            from spookd.kube.client import connect
 
             api = await connect()
         if config is not None:
@@ -53,19 +53,20 @@ def run_daemon(
         else:
             assert configmap is not None
             assert api is not None
-            from spookd.sources.configmap import KubeEvents, watch_configmap
+            from spookd.kube.events import KubeEvents
+            from spookd.sources.configmap import watch_configmap
 
             namespace, name = configmap.split("/")
             source = watch_configmap(namespace, name, configmap_key, api)
             events = KubeEvents(api, node_name, ObjectRef(namespace, name))
         if cleanup_stale_resources:
-            from spookd.cleanup import StaleResourceCleaner
+            from spookd.kube.cleanup import StaleResourceCleaner
 
             cleaner_api = api
             assert cleaner_api is not None
             lifecycle = lambda tg: StaleResourceCleaner(cleaner_api, node_name, tg)  # noqa: E731
         if api is not None:
-            from spookd.exclusive import LeaseClaims
+            from spookd.kube.leases import LeaseClaims
 
             claims_api = api
             namespace_for_leases = lease_namespace or (configmap.split("/")[0] if configmap else "default")

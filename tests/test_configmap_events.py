@@ -14,7 +14,7 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.watch import Watch
 
-from spookd.sources import Accepted
+from spookd.config.versions import Accepted
 from spookd.sources import configmap as source
 
 pytestmark = pytest.mark.anyio

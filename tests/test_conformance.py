@@ -187,8 +187,8 @@ def test_spookd_restart_keeps_allocations_and_device_ids(node: NodeHarness, spoo
 
 def test_unhealthy_device_is_not_allocatable_until_healthy_again(node: NodeHarness, plugin_dir: Path) -> None:
     from spookd.config import HEALTHY, UNHEALTHY, Device
+    from spookd.deviceplugin.server import ResourceServer
     from spookd.naming import assign_socket_names
-    from spookd.plugin.server import ResourceServer
 
     devices = [Device(WIDGET, "1"), Device(WIDGET, "2")]
     socket_name = assign_socket_names([WIDGET], str(plugin_dir))[WIDGET]

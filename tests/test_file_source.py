@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from spookd.sources import Accepted, Deleted, Rejected, SourceEvent
+from spookd.config.versions import Accepted, Deleted, Rejected, SourceEvent
 from spookd.sources.file import watch_file
 
 pytestmark = pytest.mark.anyio

@@ -23,7 +23,7 @@ from kubelet_double import running_kubelet
 from spookd._proto import v1beta1 as api
 from spookd.app import AppState, run
 from spookd.config import load_config
-from spookd.sources import Accepted, Deleted, Rejected, SourceEvent
+from spookd.config.versions import Accepted, Deleted, Rejected, SourceEvent
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -23,16 +22,14 @@ from kubernetes_asyncio.watch import Watch
 from loguru import logger
 
 from spookd.config.model import ConfigError
-from spookd.kubeapi import Backoff, connect
-from spookd.sources import Accepted, Deleted, ObjectRef, Rejected, SourceEvent
+from spookd.config.versions import Accepted, Deleted, ObjectRef, Rejected, SourceEvent
+from spookd.kube.client import Backoff, connect
 from spookd.sources.file import parse
 
 #: The API server ends each watch after this long (a little randomised, as client-go does).
 WATCH_SERVER_TIMEOUT = int(os.environ.get("SPOOKD_WATCH_TIMEOUT", "300"))
 #: The client gives up on a silent connection after this long.
 CLIENT_READ_TIMEOUT = 30
-#: Event messages are cut to this length (the API server's limit is 1 KiB for notes).
-EVENT_MESSAGE_MAX = 1024
 
 
 def _ref(configmap: Any) -> ObjectRef:
@@ -205,88 +202,3 @@ async def watch_configmap(
     api = api or await connect()
     async for event in ConfigMapWatch(api, namespace, name, key).events():
         yield event
-
-
-class KubeEvents:
-    """Records Kubernetes Events on the ConfigMap for what Spookd did with it."""
-
-    def __init__(self, api: client.ApiClient, node_name: str, configmap: ObjectRef) -> None:
-        self.core = client.CoreV1Api(api)
-        self.node_name = node_name
-        self.configmap = configmap
-        self._warned = False
-
-    async def registration_failing(self, resource: str, error: str, seconds: float) -> None:
-        """Warning event on the ConfigMap: this node's kubelet has not taken a resource."""
-        await self._record(
-            self.configmap,
-            "Warning",
-            "RegistrationFailing",
-            f"node {self.node_name}: {resource} is not registered with the kubelet after "
-            f"{seconds:.0f}s: {error}; Spookd keeps retrying",
-        )
-
-    async def applied(self, event: Accepted, changes: dict[str, list[str]]) -> None:
-        """Normal event summarising the change on this node."""
-        parts = [f"{kind} {', '.join(names)}" for kind, names in changes.items() if names]
-        await self._record(
-            event.ref, "Normal", "ConfigApplied", f"node {self.node_name}: " + "; ".join(parts)
-        )
-
-    async def rejected(self, event: Rejected) -> None:
-        """Warning event with the errors; the last good configuration keeps serving."""
-        errors = "\n".join(str(e) for e in event.errors)
-        await self._record(
-            event.ref,
-            "Warning",
-            "ConfigRejected",
-            f"node {self.node_name} keeps the last good configuration; "
-            f"{len(event.errors)} error(s):\n{errors}",
-        )
-
-    async def deleted(self, event: Deleted) -> None:
-        """Warning event: every resource was withdrawn."""
-        await self._record(
-            event.ref,
-            "Warning",
-            "ConfigDeleted",
-            f"node {self.node_name}: the configuration is gone; all devices withdrawn",
-        )
-
-    async def _record(self, ref: ObjectRef | None, kind: str, reason: str, message: str) -> None:
-        if ref is None:
-            return
-        if ref.uid:
-            self.configmap = ref
-        if len(message) > EVENT_MESSAGE_MAX:
-            message = message[: EVENT_MESSAGE_MAX - 3] + "..."
-        now = datetime.now(UTC)
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{ref.name}.spookd-", namespace=ref.namespace),
-            involved_object=client.V1ObjectReference(
-                api_version="v1",
-                kind="ConfigMap",
-                namespace=ref.namespace,
-                name=ref.name,
-                uid=ref.uid or None,
-                resource_version=ref.resource_version or None,
-            ),
-            type=kind,
-            reason=reason,
-            message=message,
-            source=client.V1EventSource(component="spookd", host=self.node_name),
-            reporting_component="spookd",
-            reporting_instance=self.node_name,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
-        try:
-            await self.core.create_namespaced_event(ref.namespace, body, _request_timeout=CLIENT_READ_TIMEOUT)
-        except (TimeoutError, ApiException, aiohttp.ClientError, OSError) as exc:
-            if not self._warned:
-                logger.warning(
-                    "cannot record Kubernetes Events ({error}); the Role needs `create` on events",
-                    error=getattr(exc, "reason", None) or str(exc),
-                )
-                self._warned = True

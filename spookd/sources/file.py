@@ -16,7 +16,7 @@ from loguru import logger
 from watchfiles import awatch
 
 from spookd.config import MAX_FILE_BYTES, ConfigError, ConfigInvalid, load_config
-from spookd.sources import Accepted, Deleted, Rejected, SourceEvent
+from spookd.config.versions import Accepted, Deleted, Rejected, SourceEvent
 
 DEBOUNCE_MS = 30
 #: Without events the file's stat is compared this often; this bounds the cost of a

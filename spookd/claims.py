@@ -1,4 +1,4 @@
-"""What a plugin server needs from cross-host device claims (implemented in spookd.exclusive)."""
+"""What a plugin server needs from cross-host device claims (implemented in spookd.kube.leases)."""
 
 from __future__ import annotations
 

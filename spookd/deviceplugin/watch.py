@@ -9,8 +9,8 @@ import anyio
 from loguru import logger
 from watchfiles import awatch
 
+from spookd.deviceplugin.server import KUBELET_SOCKET, ResourceServer, file_identity
 from spookd.observe import metrics
-from spookd.plugin.server import KUBELET_SOCKET, ResourceServer, file_identity
 
 #: Even without events, files are compared this often (a missed event costs at most this).
 SAFETY_POLL_MS = 1000

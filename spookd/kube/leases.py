@@ -30,7 +30,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from loguru import logger
 
 from spookd._proto import v1 as podresources
-from spookd.plugin.claims import ClaimRefused
+from spookd.claims import ClaimRefused
 
 LEASE_DURATION = float(os.environ.get("SPOOKD_LEASE_DURATION", "15"))
 #: A fresh claim is not released before this, even if no container shows it yet.

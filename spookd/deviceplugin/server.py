@@ -34,11 +34,11 @@ from loguru import logger
 from spookd._proto import v1beta1 as api
 from spookd._proto.upb.v1beta1 import api_pb2 as pb
 from spookd.allocation import container_env, host_devices, preferred_allocation
+from spookd.claims import ClaimRefused, Claims
 from spookd.config.model import HEALTHY, UNHEALTHY, Device
+from spookd.deviceplugin import convert
 from spookd.naming import generation_socket_name
 from spookd.observe import metrics
-from spookd.plugin import convert
-from spookd.plugin.claims import ClaimRefused, Claims
 
 KUBELET_SOCKET = "kubelet.sock"
 REGISTER_TIMEOUT = 5.0

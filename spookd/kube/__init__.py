@@ -1,0 +1,1 @@
+"""Everything that speaks to the Kubernetes API server: client, watch, Lease claims, Events, cleanup."""

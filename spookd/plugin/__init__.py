@@ -1,1 +1,0 @@
-"""The I/O shell towards the kubelet: plugin servers, registration, restart watch."""
