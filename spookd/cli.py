@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import NoReturn
 
 from spookd import __version__
+from spookd.settings import DEFAULT_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET, Settings, Tuning
 
 EXIT_OK = 0
 EXIT_INVALID = 2
-DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
-DEFAULT_POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+
+#: The tuning variables (``SPOOKD_*`` only, no flags) and the field each sets.
+TUNING_VARIABLES = {
+    "SPOOKD_LEASE_DURATION": "lease_duration",
+    "SPOOKD_CLAIM_GRACE": "claim_grace",
+    "SPOOKD_CLAIM_POLL": "claim_poll",
+    "SPOOKD_WATCH_TIMEOUT": "watch_timeout",
+    "SPOOKD_REGISTRATION_EVENT_AFTER": "registration_event_after",
+}
 
 
 class UsageError(Exception):
@@ -149,6 +157,27 @@ def _logging_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def tuning() -> Tuning:
+    """The tuning variables of the environment, checked (UsageError naming the variable)."""
+    defaults = Tuning()
+    values: dict[str, float | int] = {}
+    for variable, field in TUNING_VARIABLES.items():
+        text = os.environ.get(variable)
+        if text is None:
+            continue
+        kind = type(getattr(defaults, field))
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise UsageError(
+                f"{variable}={text!r} must be a positive {'whole ' if kind is int else ''}number"
+            )
+        values[field] = value
+    return Tuning(**values)  # type: ignore[arg-type]
+
+
 def node_name(flag: str | None) -> str:
     """--node-name, else $NODE_NAME, else the host name (SPEC §2)."""
     return flag or os.environ.get("NODE_NAME") or socket.gethostname()
@@ -275,21 +304,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     http_addr = _parse_http_addr(args.http_addr) if args.http_addr else None
 
-    from spookd.observe.logging import setup_logging
-    from spookd.runner import run_daemon
-
-    setup_logging(args.log_level, args.log_format)
-    run_daemon(
+    settings = Settings(
+        node_name=node_name(args.node_name),
+        plugin_dir=Path(args.plugin_dir),
         config=Path(args.config) if args.config else None,
         configmap=args.configmap,
         configmap_key=args.configmap_key,
-        node_name=node_name(args.node_name),
-        plugin_dir=Path(args.plugin_dir),
         http_addr=http_addr,
         cleanup_stale_resources=args.cleanup_stale_resources,
         lease_namespace=args.lease_namespace,
         pod_resources_socket=args.pod_resources_socket,
+        tuning=tuning(),
     )
+    from spookd.observe.logging import setup_logging
+    from spookd.runner import run_daemon
+
+    setup_logging(args.log_level, args.log_format)
+    run_daemon(settings)
     return EXIT_OK
 
 

@@ -94,7 +94,10 @@ def generation_socket_name(socket_name: str, generation: int, plugin_dir: str) -
 
     ``spookd-x.sock`` becomes ``spookd-x.g2.sock``: plain and hashed names never
     contain a dot before ``.sock``, so no other resource can have this name.
+    The first generation keeps the name it was given.
     """
+    if generation <= 1:
+        return socket_name
     stem = socket_name.removesuffix(_SOCKET_SUFFIX).split(".g")[0]
     tail = f".g{generation}{_SOCKET_SUFFIX}"
     room = MAX_SOCKET_PATH_BYTES - len(plugin_dir.rstrip("/").encode()) - 1

@@ -1,96 +1,73 @@
-"""Builds the daemon from command-line settings and runs it on one event loop."""
+"""Builds the daemon from its Settings and runs it on one event loop."""
 
 from __future__ import annotations
 
 import gc
 import importlib.util
-from collections.abc import AsyncIterator, Callable, Coroutine
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator
 
 import anyio
 from loguru import logger
 
-from spookd.app import AppState, ResourceLifecycle, SharedClaims, run
-from spookd.config.versions import EventSink, ObjectRef, SourceEvent
+from spookd.app import Cleaner, ReportingSink, run
+from spookd.claims import BlockedDevices, SharedClaims
+from spookd.config.versions import ObjectRef, SourceEvent
+from spookd.settings import Settings
 
 
-def run_daemon(
-    *,
-    config: Path | None,
-    configmap: str | None,
-    configmap_key: str,
-    node_name: str,
-    plugin_dir: Path,
-    http_addr: tuple[str, int] | None,
-    cleanup_stale_resources: bool = False,
-    lease_namespace: str | None = None,
-    pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock",
-) -> None:
-    """Run until SIGTERM/SIGINT, on uvloop where it is installed."""
-    state = AppState(node_name=node_name)
-    extra: list[Callable[[AppState], Coroutine[Any, Any, None]]] = []
-    if http_addr is not None:
-        from spookd.observe.http import serve_http
+async def _main(settings: Settings) -> None:
+    source: AsyncIterator[SourceEvent]
+    events: ReportingSink | None = None
+    cleaner: Cleaner | None = None
+    claims: SharedClaims | None = None
+    blocked = BlockedDevices()
+    if settings.config is not None:
+        from spookd.sources.file import watch_file
 
-        host, port = http_addr
-        extra.append(lambda s: serve_http(host, port, s))
+        source = watch_file(settings.config)
+    if settings.uses_api:
+        # kubernetes-asyncio costs ~70 MiB and 0.6 s to import: only when it is used
+        from spookd.kube.client import connect
+        from spookd.kube.leases import LeaseClaims
 
-    async def main() -> None:
-        source: AsyncIterator[SourceEvent]
-        events: EventSink | None = None
-        lifecycle: Callable[[anyio.abc.TaskGroup], ResourceLifecycle] | None = None
-        api = None
-        claims: Callable[[Callable[[str, set[str]], None]], SharedClaims] | None = None
-        if configmap is not None or cleanup_stale_resources or lease_namespace:
-            from spookd.kube.client import connect
-
-            api = await connect()
-        if config is not None:
-            from spookd.sources.file import watch_file
-
-            source = watch_file(config)
-        else:
-            assert configmap is not None
-            assert api is not None
+        api = await connect()
+        claims = LeaseClaims(
+            api, settings.claims_namespace, settings.node_name, settings.pod_resources_socket, blocked.update
+        )
+        if settings.configmap is not None:
             from spookd.kube.events import KubeEvents
             from spookd.sources.configmap import watch_configmap
 
-            namespace, name = configmap.split("/")
-            source = watch_configmap(namespace, name, configmap_key, api)
-            events = KubeEvents(api, node_name, ObjectRef(namespace, name))
-        if cleanup_stale_resources:
+            namespace, name = settings.configmap.split("/")
+            source = watch_configmap(namespace, name, settings.configmap_key, api)
+            events = KubeEvents(api, settings.node_name, ObjectRef(namespace, name))
+        if settings.cleanup_stale_resources:
             from spookd.kube.cleanup import StaleResourceCleaner
 
-            cleaner_api = api
-            assert cleaner_api is not None
-            lifecycle = lambda tg: StaleResourceCleaner(cleaner_api, node_name, tg)  # noqa: E731
-        if api is not None:
-            from spookd.kube.leases import LeaseClaims
+            cleaner = StaleResourceCleaner(api, settings.node_name)
+    assert settings.config is not None or settings.configmap is not None
+    await run(
+        source,
+        settings.node_name,
+        settings.plugin_dir,
+        events=events,
+        cleaner=cleaner,
+        claims=claims,
+        blocked=blocked,
+        http_addr=settings.http_addr,
+        report_failing_after=settings.tuning.registration_event_after,
+    )
 
-            claims_api = api
-            namespace_for_leases = lease_namespace or (configmap.split("/")[0] if configmap else "default")
-            claims = lambda blocked: LeaseClaims(  # noqa: E731
-                claims_api, namespace_for_leases, node_name, pod_resources_socket, blocked
-            )
-        await run(
-            source,
-            node_name,
-            plugin_dir,
-            state=state,
-            extra_tasks=extra,
-            events=events,
-            lifecycle=lifecycle,
-            claims=claims,
-        )
 
+def run_daemon(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, on uvloop where it is installed."""
     use_uvloop = importlib.util.find_spec("uvloop") is not None
     logger.debug("event loop", uvloop=use_uvloop)
     # Everything imported so far lives as long as the process: keep it out of the
     # collector's full passes.
     gc.freeze()
     try:
-        anyio.run(main, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+        anyio.run(_main, settings, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
     except ConnectionError as exc:
         logger.error("{error}", error=str(exc))
         raise SystemExit(1) from None

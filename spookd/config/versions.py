@@ -45,18 +45,21 @@ SourceEvent = Accepted | Rejected | Deleted
 
 
 class EventSink(Protocol):
-    """Where the daemon reports what it did with a configuration (Kubernetes Events)."""
+    """Where the daemon reports what it did with a configuration (Kubernetes Events).
 
-    async def applied(self, event: Accepted, changes: dict[str, list[str]]) -> None:
+    Each call only queues the report: reporting never waits on, nor fails, the caller.
+    """
+
+    def applied(self, event: Accepted, changes: dict[str, list[str]]) -> None:
         """A configuration was applied; ``changes`` lists added/changed/removed resources."""
 
-    async def rejected(self, event: Rejected) -> None:
+    def rejected(self, event: Rejected) -> None:
         """A configuration was rejected; the last good one keeps serving."""
 
-    async def deleted(self, event: Deleted) -> None:
+    def deleted(self, event: Deleted) -> None:
         """The configuration disappeared; every resource was withdrawn."""
 
-    async def registration_failing(self, resource: str, error: str, seconds: float) -> None:
+    def registration_failing(self, resource: str, error: str, seconds: float) -> None:
         """Registering ``resource`` with the kubelet has failed for ``seconds``."""
 
 

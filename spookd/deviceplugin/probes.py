@@ -1,6 +1,6 @@
 """Per-device health probes: TCP connect or path exists (SPEC §10).
 
-Each device with a ``healthCheck`` gets one task in the daemon's task group. Probes
+Each device with a ``healthCheck`` gets one task in the prober's task group. Probes
 run with bounded parallelism and each is cut off at its timeout, so a probe that
 hangs delays nothing but itself; Allocate never waits on a probe.
 """
@@ -41,11 +41,18 @@ async def probe(check: HealthCheck, limiter: anyio.CapacityLimiter) -> bool:
 class HealthProber:
     """Runs one probe loop per device with a health check; reports changes of health."""
 
-    def __init__(self, task_group: anyio.abc.TaskGroup, on_change: HealthCallback) -> None:
-        self._tg = task_group
+    def __init__(self, on_change: HealthCallback) -> None:
+        self._tg: anyio.abc.TaskGroup | None = None
         self._on_change = on_change
         self._limiter = anyio.CapacityLimiter(MAX_PARALLEL_PROBES)
         self._loops: dict[tuple[str, str], tuple[HealthCheck, anyio.CancelScope]] = {}
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Own the probe loops until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            await anyio.sleep_forever()
 
     def sync(self, desired: Mapping[str, Mapping[str, Device]]) -> None:
         """Start probes for new or changed checks; stop those of devices gone or unchecked."""
@@ -59,8 +66,9 @@ class HealthProber:
             if wanted.get(key) != check:
                 scope.cancel()
                 del self._loops[key]
+        assert self._tg is not None or not wanted, "HealthProber.run owns the probe loops"
         for key, check in wanted.items():
-            if key not in self._loops:
+            if key not in self._loops and self._tg is not None:
                 scope = anyio.CancelScope()
                 self._loops[key] = (check, scope)
                 self._tg.start_soon(self._loop, key, check, scope)

@@ -32,12 +32,19 @@ def _pointer(section: str, resource: str) -> str:
 class StaleResourceCleaner:
     """Removes withdrawn resources from the Node status once the kubelet reports 0."""
 
-    def __init__(self, api: client.ApiClient, node_name: str, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(self, api: client.ApiClient, node_name: str) -> None:
         self.core = client.CoreV1Api(api)
         self.node_name = node_name
-        self._tg = task_group
+        self._tg: anyio.abc.TaskGroup | None = None
         self._pending: dict[str, anyio.CancelScope] = {}
         self.served: set[str] = set()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Own the watches of withdrawn resources until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            await anyio.sleep_forever()
 
     def serving(self, resource: str) -> None:
         """Spookd serves ``resource`` (again): never clean it while it does."""
@@ -48,7 +55,7 @@ class StaleResourceCleaner:
 
     def withdrawn(self, resource: str) -> None:
         """Spookd stopped serving ``resource``: watch the Node and remove it at 0."""
-        if resource not in self.served or resource in self._pending:
+        if resource not in self.served or resource in self._pending or self._tg is None:
             return
         scope = anyio.CancelScope()
         self._pending[resource] = scope

@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import os
-import random
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config.config_exception import ConfigException
 from loguru import logger
 
-BACKOFF_FIRST = 0.2
-BACKOFF_MAX = 30.0
+from spookd.backoff import Backoff
 
-
-class Backoff:
-    """Capped exponential backoff with jitter."""
-
-    def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_MAX) -> None:
-        self.first = first
-        self.cap = cap
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt."""
-        ceiling = min(self.cap, self.first * 2**self.attempt)
-        self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        """Start again from the first delay after a success."""
-        self.attempt = 0
+__all__ = ["Backoff", "connect"]
 
 
 async def connect(kubeconfig: str | None = None) -> client.ApiClient:

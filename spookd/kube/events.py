@@ -1,10 +1,17 @@
-"""Kubernetes Events on the ConfigMap for what Spookd did with it (SPEC §3, §7)."""
+"""Kubernetes Events on the ConfigMap for what Spookd did with it (SPEC §3, §7).
+
+Reports are queued (at most QUEUE_LIMIT; beyond that the oldest waiting one is
+dropped and counted) and sent in order by one task, :meth:`KubeEvents.run`. A
+failure to send is logged once and never ends the daemon.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import UTC, datetime
 
 import aiohttp
+import anyio
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from loguru import logger
@@ -14,6 +21,10 @@ from spookd.config.versions import Accepted, Deleted, ObjectRef, Rejected
 #: Event messages are cut to this length (the API server's limit is 1 KiB for notes).
 EVENT_MESSAGE_MAX = 1024
 REQUEST_TIMEOUT = 30
+#: Reports waiting to be sent; an API server that stays away costs no more memory than this.
+QUEUE_LIMIT = 100
+
+_Report = tuple[ObjectRef | None, str, str, str]
 
 
 class KubeEvents:
@@ -24,10 +35,39 @@ class KubeEvents:
         self.node_name = node_name
         self.configmap = configmap
         self._warned = False
+        self._queue: deque[_Report] = deque()
+        self._arrived = anyio.Event()
+        self.dropped = 0
 
-    async def registration_failing(self, resource: str, error: str, seconds: float) -> None:
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Send the queued reports in order, until cancelled."""
+        task_status.started()
+        while True:
+            while not self._queue:
+                await self._arrived.wait()
+                self._arrived = anyio.Event()
+            ref, kind, reason, message = self._queue.popleft()
+            try:
+                await self._record(ref, kind, reason, message)
+            except Exception as exc:  # reporting must never end the daemon
+                logger.warning(
+                    "cannot record a Kubernetes Event: {error}", error=f"{type(exc).__name__}: {exc}"
+                )
+
+    def _queue_report(self, ref: ObjectRef | None, kind: str, reason: str, message: str) -> None:
+        if len(self._queue) >= QUEUE_LIMIT:
+            self._queue.popleft()
+            self.dropped += 1
+            if self.dropped in (1, 100) or self.dropped % 1000 == 0:
+                logger.warning(
+                    "too many Kubernetes Events waiting; dropped {count} so far", count=self.dropped
+                )
+        self._queue.append((ref, kind, reason, message))
+        self._arrived.set()
+
+    def registration_failing(self, resource: str, error: str, seconds: float) -> None:
         """Warning event on the ConfigMap: this node's kubelet has not taken a resource."""
-        await self._record(
+        self._queue_report(
             self.configmap,
             "Warning",
             "RegistrationFailing",
@@ -35,17 +75,17 @@ class KubeEvents:
             f"{seconds:.0f}s: {error}; Spookd keeps retrying",
         )
 
-    async def applied(self, event: Accepted, changes: dict[str, list[str]]) -> None:
+    def applied(self, event: Accepted, changes: dict[str, list[str]]) -> None:
         """Normal event summarising the change on this node."""
         parts = [f"{kind} {', '.join(names)}" for kind, names in changes.items() if names]
-        await self._record(
+        self._queue_report(
             event.ref, "Normal", "ConfigApplied", f"node {self.node_name}: " + "; ".join(parts)
         )
 
-    async def rejected(self, event: Rejected) -> None:
+    def rejected(self, event: Rejected) -> None:
         """Warning event with the errors; the last good configuration keeps serving."""
         errors = "\n".join(str(e) for e in event.errors)
-        await self._record(
+        self._queue_report(
             event.ref,
             "Warning",
             "ConfigRejected",
@@ -53,9 +93,9 @@ class KubeEvents:
             f"{len(event.errors)} error(s):\n{errors}",
         )
 
-    async def deleted(self, event: Deleted) -> None:
+    def deleted(self, event: Deleted) -> None:
         """Warning event: every resource was withdrawn."""
-        await self._record(
+        self._queue_report(
             event.ref,
             "Warning",
             "ConfigDeleted",

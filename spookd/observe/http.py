@@ -1,9 +1,16 @@
-"""The HTTP endpoint: /healthz, /readyz and /metrics on the daemon's event loop (SPEC §7)."""
+"""The HTTP endpoint: /healthz, /readyz and /metrics on the daemon's event loop (SPEC §7).
+
+/healthz needs no ticker: the handler itself runs on the event loop, so a loop
+that is stuck cannot answer at all (the kubelet's probe timeout sees that), and a
+loop that is slow shows in how long one more pass over its ready callbacks takes
+at the moment of asking. An idle daemon makes no wake-ups for this.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import anyio
 from aiohttp import web
@@ -12,47 +19,34 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from spookd.observe import metrics
 
-if TYPE_CHECKING:
-    from spookd.app import AppState
-
-#: The loop is unhealthy if a 10 ms tick arrives later than this.
+#: /healthz fails when one pass of the loop takes longer than this.
 MAX_LOOP_LAG = 2.0
-_TICK = 0.1
+
+Readiness = Callable[[], tuple[bool, str]]
 
 
-class LoopMonitor:
-    """Measures how late the event loop wakes up, to tell /healthz the truth."""
-
-    def __init__(self) -> None:
-        self.last_tick = time.monotonic()
-        self.max_lag = 0.0
-
-    async def run(self) -> None:
-        """Tick forever, recording the lag of each wake-up."""
-        while True:
-            before = time.monotonic()
-            await anyio.sleep(_TICK)
-            now = time.monotonic()
-            self.max_lag = max(self.max_lag, now - before - _TICK)
-            self.last_tick = now
-
-    def healthy(self) -> bool:
-        """True while the loop keeps ticking."""
-        return time.monotonic() - self.last_tick < MAX_LOOP_LAG
+async def loop_lag() -> float:
+    """Seconds until a callback queued now runs: the loop's backlog at this moment."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    asked = time.monotonic()
+    loop.call_soon(done.set_result, None)
+    await done
+    return time.monotonic() - asked
 
 
-async def serve_http(host: str, port: int, state: AppState) -> None:
+async def serve_http(host: str, port: int, ready: Readiness) -> None:
     """Serve the probes and metrics until cancelled."""
-    monitor = LoopMonitor()
 
     async def healthz(_: web.Request) -> web.Response:
-        if monitor.healthy():
+        lag = await loop_lag()
+        if lag < MAX_LOOP_LAG:
             return web.Response(text="ok\n")
-        return web.Response(status=503, text="event loop stalled\n")
+        return web.Response(status=503, text=f"event loop stalled: {lag:.1f}s behind\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        ready, reason = state.ready()
-        return web.Response(status=200 if ready else 503, text=reason + "\n")
+        is_ready, reason = ready()
+        return web.Response(status=200 if is_ready else 503, text=reason + "\n")
 
     async def metrics_page(_: web.Request) -> web.Response:
         body = generate_latest(metrics.REGISTRY)
@@ -68,8 +62,7 @@ async def serve_http(host: str, port: int, state: AppState) -> None:
         site = web.TCPSite(runner, host, port)
         await site.start()
         logger.info("http endpoint listening", address=f"{host}:{port}")
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(monitor.run)
+        await anyio.sleep_forever()
     finally:
         with anyio.CancelScope(shield=True):
             await runner.cleanup()

@@ -75,7 +75,5 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
             diagnose=False,
         )
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
-    # watchfiles logs every batch of changes at INFO: with the log file in a watched
-    # directory each line would cause the next.
-    for noisy in ("grpclib", "aiohttp.access", "kubernetes_asyncio", "watchfiles"):
+    for noisy in ("grpclib", "aiohttp.access", "kubernetes_asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,9 +1,10 @@
-"""The file source: a YAML file watched with watchfiles (SPEC §3).
+"""The file source: a YAML file, its directory watched through inotify (SPEC §3).
 
-The parent directory is watched, not the file, so that every way a file changes is
-seen: edits in place, editors' atomic renames, and the ``..data`` symlink swap that
-the kubelet performs for ConfigMap volumes. Bursts of events are debounced, and a
-version is only parsed when its bytes differ from the last one.
+The parent directory is watched (inotify, spookd.dirwatch), not the file, so that
+every way a file changes is seen: edits in place, editors' atomic renames, and the
+``..data`` symlink swap that the kubelet performs for ConfigMap volumes. Bursts of
+events are debounced, and a version is only parsed when its bytes differ from the
+last one.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from pathlib import Path
 
 import anyio
 from loguru import logger
-from watchfiles import awatch
 
 from spookd.config import MAX_FILE_BYTES, ConfigError, ConfigInvalid, load_config
 from spookd.config.versions import Accepted, Deleted, Rejected, SourceEvent
+from spookd.dirwatch import directory_changes
 
-DEBOUNCE_MS = 30
-#: Without events the file's stat is compared this often; this bounds the cost of a
-#: change the watch cannot see (made before it started, or on a remote filesystem).
-SAFETY_POLL_MS = 250
+DEBOUNCE = 0.03
+#: Without inotify events the file's stat is compared this often: a change inotify
+#: cannot see (a remote filesystem, a directory that does not exist yet) costs at most
+#: this. The watch starts before the first read, so no local change is missed.
+SAFETY_POLL = 5.0
 
 
 def _signature(path: Path) -> tuple[int, int, int, int] | None:
@@ -78,43 +80,10 @@ async def watch_file(path: Path) -> AsyncIterator[SourceEvent]:
             return Deleted(source=source)
         return await parse(data, source)
 
-    event = await changed()
-    if event is not None:
-        yield event
-    directory = path.parent
-    while True:
-        if not directory.is_dir():
-            await anyio.sleep(SAFETY_POLL_MS / 1000)
-            event = await changed()
-            if event is not None:
-                yield event
+    # The directory is watched from before the first read, so no edit falls between.
+    async for activity in directory_changes(path.parent, safety_poll=SAFETY_POLL, debounce=DEBOUNCE):
+        if not activity and not first and _signature(path) == signature:
             continue
-        try:
-            async for changes in awatch(
-                directory,
-                debounce=DEBOUNCE_MS,
-                step=10,
-                recursive=False,
-                rust_timeout=SAFETY_POLL_MS,
-                yield_on_timeout=True,
-            ):
-                if not changes and _signature(path) == signature:
-                    continue
-                event = await changed()
-                if event is not None:
-                    yield event
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            logger.warning(
-                "cannot watch {dir} ({error}); checking the file every {poll}s instead",
-                dir=str(directory),
-                error=exc.strerror or str(exc),
-                poll=SAFETY_POLL_MS / 1000,
-            )
-            while True:
-                await anyio.sleep(SAFETY_POLL_MS / 1000)
-                if _signature(path) != signature:
-                    event = await changed()
-                    if event is not None:
-                        yield event
+        event = await changed()
+        if event is not None:
+            yield event

@@ -1,0 +1,158 @@
+"""The DevicePlugin gRPC handlers of one resource (SPEC §5)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import grpclib.const
+import grpclib.server
+from grpclib.exceptions import GRPCError
+
+from spookd._proto import v1beta1 as api
+from spookd._proto.upb.v1beta1 import api_pb2 as pb
+from spookd.allocation import container_env, host_devices, preferred_allocation
+from spookd.claims import ClaimRefused, Claims
+from spookd.config.model import Device
+from spookd.deviceplugin import convert
+from spookd.deviceplugin.snapshots import Stream
+from spookd.observe import metrics
+
+#: Client input echoed in an error message is cut to this many characters: a client
+#: that sent a huge ID must still be able to read the answer (gRPC metadata limits).
+ECHO_MAX = 80
+
+
+class ServedDevices(Protocol):
+    """What the handlers need of the devices a server serves."""
+
+    resource_name: str
+    blocked: set[str]
+
+    def get(self, device_id: str) -> Device | None:
+        """The device with this ID, if served."""
+
+    def subscribe(self, epoch: int) -> Stream:
+        """A new ListAndWatch stream."""
+
+    def sent(self, stream: Stream, version: int) -> None:
+        """A stream sent a snapshot."""
+
+    def unsubscribe(self, stream: Stream) -> None:
+        """A stream ended."""
+
+
+def _shown(device_id: str) -> str:
+    if len(device_id) <= ECHO_MAX:
+        return repr(device_id)
+    return f"{device_id[:ECHO_MAX]!r}… ({len(device_id)} characters)"
+
+
+class DevicePluginService(api.DevicePluginBase):
+    """The DevicePlugin service: options, ListAndWatch, Allocate, preferred allocation."""
+
+    def __init__(self, devices: ServedDevices, claims: Claims | None, epoch: Callable[[], int]) -> None:
+        self._devices = devices
+        self._claims = claims
+        self._epoch = epoch
+        self._resource = devices.resource_name
+
+    def lookup(self, device_ids: Sequence[str]) -> list[Device]:
+        """The devices for an Allocate request; INVALID_ARGUMENT for unknown or repeated IDs."""
+        seen: set[str] = set()
+        devices = []
+        for device_id in device_ids:
+            if device_id in seen:
+                metrics.ALLOCATE_ERRORS.labels(self._resource).inc()
+                raise GRPCError(
+                    grpclib.const.Status.INVALID_ARGUMENT,
+                    f"device ID {_shown(device_id)} is requested twice for {self._resource}",
+                )
+            seen.add(device_id)
+            device = self._devices.get(device_id)
+            if device is None:
+                metrics.ALLOCATE_ERRORS.labels(self._resource).inc()
+                raise GRPCError(
+                    grpclib.const.Status.INVALID_ARGUMENT,
+                    f"unknown device ID {_shown(device_id)} for {self._resource}",
+                )
+            devices.append(device)
+        return devices
+
+    async def get_device_plugin_options(self, message: api.Empty) -> api.DevicePluginOptions:
+        return convert.PLUGIN_OPTIONS
+
+    async def get_preferred_allocation(
+        self, message: api.PreferredAllocationRequest
+    ) -> api.PreferredAllocationResponse:
+        return convert.preferred_response(
+            # devices another node holds go last: the kubelet should not pick them
+            preferred_allocation(available, must, size, avoid=self._devices.blocked)
+            for available, must, size in convert.preferred_requests(message)
+        )
+
+    async def _allocate(self, stream: grpclib.server.Stream[pb.AllocateRequest, pb.AllocateResponse]) -> None:
+        # Allocate is the call a pod start waits on: its messages are protobuf's own
+        # (upb, in C) rather than betterproto2's, which encode field by field in Python.
+        request = await stream.recv_message()
+        assert request is not None
+        started = time.perf_counter()
+        resource = self._resource
+        responses = []
+        allocated = 0
+        for container in request.container_requests:
+            device_ids = list(container.devices_ids)
+            devices = self.lookup(device_ids)
+            if self._claims is not None:
+                try:
+                    await self._claims.claim(resource, device_ids)
+                except ClaimRefused as exc:
+                    metrics.ALLOCATE_ERRORS.labels(resource).inc()
+                    raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION, str(exc)) from None
+            allocated += len(devices)
+            responses.append(
+                convert.container_response(container_env(resource, devices), host_devices(devices))
+            )
+        metrics.ALLOCATIONS.labels(resource).inc(allocated)
+        metrics.ALLOCATE_LATENCY.labels(resource).observe(time.perf_counter() - started)
+        await stream.send_message(pb.AllocateResponse(container_responses=responses))
+
+    async def pre_start_container(
+        self, message: api.PreStartContainerRequest
+    ) -> api.PreStartContainerResponse:
+        return api.PreStartContainerResponse()
+
+    async def _list_and_watch(
+        self, stream: grpclib.server.Stream[api.Empty, api.ListAndWatchResponse]
+    ) -> None:
+        # A plain handler rather than an async generator: when the server stops,
+        # the stream returns normally and nothing is left for the garbage collector.
+        await stream.recv_message()
+        watcher = self._devices.subscribe(self._epoch())
+        try:
+            while True:
+                offer = await watcher.mailbox.get()
+                if offer is None:
+                    return
+                version, encoded = offer
+                await stream.send_message(encoded)  # type: ignore[arg-type]
+                self._devices.sent(watcher, version)
+        finally:
+            self._devices.unsubscribe(watcher)
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        mapping = super().__mapping__()
+        mapping["/v1beta1.DevicePlugin/ListAndWatch"] = grpclib.const.Handler(
+            self._list_and_watch,
+            grpclib.const.Cardinality.UNARY_STREAM,
+            api.Empty,
+            api.ListAndWatchResponse,
+        )
+        mapping["/v1beta1.DevicePlugin/Allocate"] = grpclib.const.Handler(
+            self._allocate,
+            grpclib.const.Cardinality.UNARY_UNARY,
+            pb.AllocateRequest,
+            pb.AllocateResponse,
+        )
+        return mapping

@@ -1,0 +1,36 @@
+"""A one-slot mailbox where the newest value wins (configurations, snapshots, blocked devices)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+_EMPTY = object()
+
+
+class Latest(Generic[T]):
+    """``put`` replaces what is waiting, so a slow reader only ever sees the newest value."""
+
+    def __init__(self) -> None:
+        self._value: T | object = _EMPTY
+        self._ready = asyncio.Event()
+
+    @property
+    def pending(self) -> bool:
+        """A value waits to be taken."""
+        return self._value is not _EMPTY
+
+    def put(self, value: T) -> None:
+        """Leave ``value`` for the reader, dropping any older one it has not taken."""
+        self._value = value
+        self._ready.set()
+
+    async def get(self) -> T:
+        """Wait for a value and take it."""
+        await self._ready.wait()
+        self._ready.clear()
+        value, self._value = self._value, _EMPTY
+        assert value is not _EMPTY
+        return value  # type: ignore[return-value]
