@@ -131,6 +131,20 @@ async def test_allocate_refuses_unknown_and_repeated_ids(
         assert message in info.value.message
 
 
+async def test_a_huge_bogus_id_gets_a_short_error_the_client_can_read(plugin_dir: Path) -> None:
+    bogus = "x" * 100_000
+    async with running_kubelet(plugin_dir) as kubelet, daemon(plugin_dir) as spookd:
+        await spookd.push(accepted(WALKTHROUGH))
+        await kubelet.wait_for(lambda: len(kubelet.capacity()) == 2)
+        with pytest.raises(grpclib.GRPCError) as info:
+            await kubelet.allocate("example.com/widget", [bogus])
+        assert info.value.status is grpclib.const.Status.INVALID_ARGUMENT
+        assert info.value.message is not None
+        assert "unknown device ID 'xxxxxxxx" in info.value.message
+        assert "(100000 characters)" in info.value.message
+        assert len(info.value.message) < 300
+
+
 async def test_preferred_allocation_and_prestart_answer(plugin_dir: Path) -> None:
     config = "deviceMapping:\n  - hosts: [minikube]\n    devices:\n" + "".join(
         f'      - {{resourceName: example.com/widget, instanceID: "{i}"}}\n' for i in range(1, 6)
