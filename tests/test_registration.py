@@ -58,7 +58,8 @@ def test_failed_registration_retries_with_doubling_capped_backoff() -> None:
     delays = []
     for attempt in range(1, 10):
         actions = m.handle(RegisterFailed("kubelet.sock does not exist", now=float(attempt)))
-        assert m.phase is Phase.REGISTER_WAIT and m.attempt == attempt
+        assert m.phase is Phase.REGISTER_WAIT
+        assert m.attempt == attempt
         (wait,) = actions
         assert isinstance(wait, Wait)
         delays.append(wait.delay)
@@ -142,7 +143,8 @@ def test_a_lost_stream_without_successor_registers_again_after_the_grace() -> No
     m = registered(machine())
     m.handle(StreamOpened(1))
     assert m.handle(StreamClosed(1)) == [Wait(STREAM_GRACE)]
-    assert m.phase is Phase.STREAM_GRACE and m.registered
+    assert m.phase is Phase.STREAM_GRACE
+    assert m.registered
     assert m.handle(TimerFired()) == [Register("ListAndWatch stream ended without a new one")]
 
 
@@ -151,7 +153,8 @@ def test_a_successor_stream_within_the_grace_keeps_the_registration() -> None:
     m.handle(StreamOpened(1))
     m.handle(StreamClosed(1))
     assert m.handle(StreamOpened(1)) == []
-    assert m.phase is Phase.REGISTERED and not m.waiting
+    assert m.phase is Phase.REGISTERED
+    assert not m.waiting
 
 
 def test_one_of_two_streams_ending_changes_nothing() -> None:
