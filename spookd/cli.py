@@ -44,6 +44,41 @@ def _env(flag: str, default: str | None = None) -> str | None:
     return os.environ.get("SPOOKD_" + flag.upper().replace("-", "_"), default)
 
 
+#: The string options of ``spookd run``: (flag, metavar, default, help); each also reads SPOOKD_<FLAG>.
+_RUN_OPTIONS: tuple[tuple[str, str, str | None, str], ...] = (
+    ("config", "FILE", None, "YAML file to serve (watched for changes)"),
+    ("configmap", "NAMESPACE/NAME", None, "ConfigMap to watch through the Kubernetes API"),
+    ("configmap-key", "KEY", "config.yaml", "key of the ConfigMap holding the YAML (default: config.yaml)"),
+    ("node-name", "NAME", None, "this node's name (default: $NODE_NAME, else the host name)"),
+    (
+        "plugin-dir",
+        "DIR",
+        DEFAULT_PLUGIN_DIR,
+        f"the kubelet's device plugin directory (default: {DEFAULT_PLUGIN_DIR})",
+    ),
+    (
+        "lease-namespace",
+        "NAMESPACE",
+        None,
+        "namespace of the Leases that make shared devices exclusive "
+        "(default: the ConfigMap's namespace; needed with --config for `exclusive: true`)",
+    ),
+    (
+        "pod-resources-socket",
+        "PATH",
+        DEFAULT_POD_RESOURCES_SOCKET,
+        "the kubelet's PodResources socket, read to release claims "
+        f"(default: {DEFAULT_POD_RESOURCES_SOCKET})",
+    ),
+    (
+        "http-addr",
+        "HOST:PORT",
+        ":8080",
+        "address of /healthz, /readyz and /metrics (default: :8080; empty to disable)",
+    ),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = _Parser(
@@ -56,36 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", help="serve this node's devices to the kubelet")
-    run.add_argument(
-        "--config",
-        metavar="FILE",
-        default=_env("config"),
-        help="YAML file to serve (watched for changes)",
-    )
-    run.add_argument(
-        "--configmap",
-        metavar="NAMESPACE/NAME",
-        default=_env("configmap"),
-        help="ConfigMap to watch through the Kubernetes API",
-    )
-    run.add_argument(
-        "--configmap-key",
-        metavar="KEY",
-        default=_env("configmap-key", "config.yaml"),
-        help="key of the ConfigMap holding the YAML (default: config.yaml)",
-    )
-    run.add_argument(
-        "--node-name",
-        metavar="NAME",
-        default=_env("node-name"),
-        help="this node's name (default: $NODE_NAME, else the host name)",
-    )
-    run.add_argument(
-        "--plugin-dir",
-        metavar="DIR",
-        default=_env("plugin-dir", DEFAULT_PLUGIN_DIR),
-        help=f"the kubelet's device plugin directory (default: {DEFAULT_PLUGIN_DIR})",
-    )
+    for flag, metavar, default, text in _RUN_OPTIONS:
+        run.add_argument(f"--{flag}", metavar=metavar, default=_env(flag, default), help=text)
     run.add_argument(
         "--cleanup-stale-resources",
         action="store_true",
@@ -93,27 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove resources this node stopped serving from the Node status once they reach 0 "
         "(needs get and patch on nodes/status)",
     )
-    run.add_argument(
-        "--lease-namespace",
-        metavar="NAMESPACE",
-        default=_env("lease-namespace"),
-        help="namespace of the Leases that make shared devices exclusive "
-        "(default: the ConfigMap's namespace; needed with --config for `exclusive: true`)",
-    )
-    run.add_argument(
-        "--pod-resources-socket",
-        metavar="PATH",
-        default=_env("pod-resources-socket", DEFAULT_POD_RESOURCES_SOCKET),
-        help="the kubelet's PodResources socket, read to release claims "
-        f"(default: {DEFAULT_POD_RESOURCES_SOCKET})",
-    )
     _logging_flags(run)
-    run.add_argument(
-        "--http-addr",
-        metavar="HOST:PORT",
-        default=_env("http-addr", ":8080"),
-        help="address of /healthz, /readyz and /metrics (default: :8080; empty to disable)",
-    )
 
     validate = sub.add_parser("validate", help="check configuration files; exit 2 on errors")
     validate.add_argument("files", metavar="FILE", nargs="+", help="YAML files to check")

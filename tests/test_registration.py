@@ -17,8 +17,7 @@ from spookd.deviceplugin.registration import (
     RegisterFailed,
     Registration,
     ReportFailing,
-    StreamClosed,
-    StreamOpened,
+    StreamChanged,
     TimerFired,
     Wait,
 )
@@ -141,8 +140,8 @@ def test_a_server_added_back_starts_on_its_generations_name() -> None:
 
 def test_a_lost_stream_without_successor_registers_again_after_the_grace() -> None:
     m = registered(machine())
-    m.handle(StreamOpened(1))
-    assert m.handle(StreamClosed(1)) == [Wait(STREAM_GRACE)]
+    m.handle(StreamChanged(1, opened=True))
+    assert m.handle(StreamChanged(1, opened=False)) == [Wait(STREAM_GRACE)]
     assert m.phase is Phase.STREAM_GRACE
     assert m.registered
     assert m.handle(TimerFired()) == [Register("ListAndWatch stream ended without a new one")]
@@ -150,36 +149,36 @@ def test_a_lost_stream_without_successor_registers_again_after_the_grace() -> No
 
 def test_a_successor_stream_within_the_grace_keeps_the_registration() -> None:
     m = registered(machine())
-    m.handle(StreamOpened(1))
-    m.handle(StreamClosed(1))
-    assert m.handle(StreamOpened(1)) == []
+    m.handle(StreamChanged(1, opened=True))
+    m.handle(StreamChanged(1, opened=False))
+    assert m.handle(StreamChanged(1, opened=True)) == []
     assert m.phase is Phase.REGISTERED
     assert not m.waiting
 
 
 def test_one_of_two_streams_ending_changes_nothing() -> None:
     m = registered(machine())
-    m.handle(StreamOpened(1))
-    m.handle(StreamOpened(1))
-    assert m.handle(StreamClosed(1)) == []
+    m.handle(StreamChanged(1, opened=True))
+    m.handle(StreamChanged(1, opened=True))
+    assert m.handle(StreamChanged(1, opened=False)) == []
     assert m.phase is Phase.REGISTERED
 
 
 def test_streams_of_a_closed_server_do_not_count() -> None:
     m = registered(machine())
-    m.handle(StreamOpened(1))
+    m.handle(StreamChanged(1, opened=True))
     m.handle(FilesSeen(None, "kubelet-1"))  # rebind
     m.handle(Bound("sock-2"))
     m.handle(Registered("kubelet-1"))
-    assert m.handle(StreamClosed(1)) == [], "the old server's stream ending is no loss"
+    assert m.handle(StreamChanged(1, opened=False)) == [], "the old server's stream ending is no loss"
     assert m.phase is Phase.REGISTERED
 
 
 def test_a_stream_lost_while_registering_gets_the_grace_afterwards() -> None:
     m = registered(machine())
-    m.handle(StreamOpened(1))
+    m.handle(StreamChanged(1, opened=True))
     m.handle(FilesSeen("sock-1", "kubelet-2"))  # re-register
-    assert m.handle(StreamClosed(1)) == []
+    assert m.handle(StreamChanged(1, opened=False)) == []
     assert m.handle(Registered("kubelet-2")) == [Wait(STREAM_GRACE)]
     assert m.handle(TimerFired()) == [Register("ListAndWatch stream ended without a new one")]
 

@@ -77,17 +77,11 @@ class FilesSeen:
 
 
 @dataclass(frozen=True)
-class StreamOpened:
-    """A ListAndWatch stream arrived on the server of bind ``epoch``."""
+class StreamChanged:
+    """A ListAndWatch stream arrived (``opened``) or ended on the server of bind ``epoch``."""
 
     epoch: int
-
-
-@dataclass(frozen=True)
-class StreamClosed:
-    """A ListAndWatch stream of the server of bind ``epoch`` ended."""
-
-    epoch: int
+    opened: bool
 
 
 @dataclass(frozen=True)
@@ -95,9 +89,7 @@ class TimerFired:
     """The wait asked for last has passed."""
 
 
-Event = (
-    Bound | BindFailed | Registered | RegisterFailed | FilesSeen | StreamOpened | StreamClosed | TimerFired
-)
+Event = Bound | BindFailed | Registered | RegisterFailed | FilesSeen | StreamChanged | TimerFired
 
 # -- actions -----------------------------------------------------------------
 
@@ -195,14 +187,14 @@ class Registration:
                 return self._register_failed(event)
             case FilesSeen(socket=socket, kubelet=kubelet):
                 return self._files(socket, kubelet)
-            case StreamOpened(epoch=epoch):
+            case StreamChanged(epoch=epoch, opened=True):
                 if epoch == self.epoch:
                     self._streams += 1
                     self._stream_lost = False
                     if self.phase is Phase.STREAM_GRACE:
                         self.phase = Phase.REGISTERED
                 return []
-            case StreamClosed(epoch=epoch):
+            case StreamChanged(epoch=epoch, opened=False):
                 return self._stream_closed(epoch)
             case TimerFired():
                 return self._timer()

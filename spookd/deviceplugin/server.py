@@ -109,19 +109,9 @@ class ResourceServer:
         return self.registration.socket_name
 
     @property
-    def base_socket_name(self) -> str:
-        """The socket name of the first generation (what names are assigned by)."""
-        return self.registration.base_socket_name
-
-    @property
     def socket_path(self) -> Path:
         """The socket path the resource is served on now."""
         return self.plugin_dir / self.socket_name
-
-    @property
-    def generation(self) -> int:
-        """How many socket names this resource has used in this process."""
-        return self.registration.generation
 
     @property
     def registered(self) -> bool:
@@ -165,7 +155,7 @@ class ResourceServer:
         self._arrived.set()
 
     def _stream_changed(self, stream: Stream, opened: bool) -> None:
-        self._tell(reg.StreamOpened(stream.epoch) if opened else reg.StreamClosed(stream.epoch))
+        self._tell(reg.StreamChanged(stream.epoch, opened))
 
     async def _next_event(self, deadline: float | None) -> reg.Event:
         while not self._inbox:

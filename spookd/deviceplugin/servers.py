@@ -114,7 +114,7 @@ class Servers:
         sockets = assign_socket_names(
             desired,
             str(self.plugin_dir),
-            existing={name: r.server.base_socket_name for name, r in self._running.items()},
+            existing={name: r.server.registration.base_socket_name for name, r in self._running.items()},
         )
         for action in actions:
             if isinstance(action, reconcile.StopResource):
@@ -200,7 +200,7 @@ class Servers:
 
     async def _stop(self, resource_name: str) -> None:
         running = self._running.pop(resource_name)
-        self._generations[resource_name] = running.server.generation
+        self._generations[resource_name] = running.server.registration.generation
         await running.server.withdraw()
         running.scope.cancel()
         await running.done.wait()

@@ -64,21 +64,17 @@ class DevicePluginService(api.DevicePluginBase):
         devices = []
         for device_id in device_ids:
             if device_id in seen:
-                metrics.ALLOCATE_ERRORS.labels(self._resource).inc()
-                raise GRPCError(
-                    grpclib.const.Status.INVALID_ARGUMENT,
-                    f"device ID {_shown(device_id)} is requested twice for {self._resource}",
-                )
-            seen.add(device_id)
+                raise self._refused(f"device ID {_shown(device_id)} is requested twice for {self._resource}")
             device = self._devices.get(device_id)
             if device is None:
-                metrics.ALLOCATE_ERRORS.labels(self._resource).inc()
-                raise GRPCError(
-                    grpclib.const.Status.INVALID_ARGUMENT,
-                    f"unknown device ID {_shown(device_id)} for {self._resource}",
-                )
+                raise self._refused(f"unknown device ID {_shown(device_id)} for {self._resource}")
+            seen.add(device_id)
             devices.append(device)
         return devices
+
+    def _refused(self, message: str) -> GRPCError:
+        metrics.ALLOCATE_ERRORS.labels(self._resource).inc()
+        return GRPCError(grpclib.const.Status.INVALID_ARGUMENT, message)
 
     async def get_device_plugin_options(self, message: api.Empty) -> api.DevicePluginOptions:
         return convert.PLUGIN_OPTIONS
