@@ -154,3 +154,12 @@ def test_run_serves_a_config_file_and_sigterm_removes_sockets(plugin_dir: Path, 
     assert "server started" in messages
     assert "shutting down" in messages
     assert all("Traceback" not in line for line in stderr.splitlines())
+
+
+def test_a_tuning_variable_that_is_no_positive_number_is_a_usage_error() -> None:
+    result = spookd("run", "--config", "x", env={"SPOOKD_LEASE_DURATION": "soon"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "spookd: error: SPOOKD_LEASE_DURATION='soon' must be a positive number"
+    result = spookd("run", "--config", "x", env={"SPOOKD_WATCH_TIMEOUT": "1.5"})
+    assert result.returncode == 2
+    assert "SPOOKD_WATCH_TIMEOUT='1.5' must be a positive whole number" in result.stderr
