@@ -17,21 +17,13 @@ from loguru import logger
 
 from spookd.config import MAX_FILE_BYTES, ConfigError, ConfigInvalid, load_config
 from spookd.config.versions import Accepted, Deleted, Rejected, SourceEvent
-from spookd.dirwatch import directory_changes
+from spookd.dirwatch import directory_changes, file_identity
 
 DEBOUNCE = 0.03
 #: Without inotify events the file's stat is compared this often: a change inotify
 #: cannot see (a remote filesystem, a directory that does not exist yet) costs at most
 #: this. The watch starts before the first read, so no local change is missed.
 SAFETY_POLL = 5.0
-
-
-def _signature(path: Path) -> tuple[int, int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _read(path: Path) -> bytes | OSError | None:
@@ -57,12 +49,12 @@ async def watch_file(path: Path) -> AsyncIterator[SourceEvent]:
     """Yield a version at start and after every change of the file's bytes."""
     source = str(path)
     last: bytes | None = None
-    signature = _signature(path)
+    signature = file_identity(path)
     first = True
 
     async def changed() -> SourceEvent | None:
         nonlocal last, first, signature
-        signature = _signature(path)
+        signature = file_identity(path)
         data = await anyio.to_thread.run_sync(_read, path)
         if data == last and not first and not isinstance(data, OSError):
             return None
@@ -82,7 +74,7 @@ async def watch_file(path: Path) -> AsyncIterator[SourceEvent]:
 
     # The directory is watched from before the first read, so no edit falls between.
     async for activity in directory_changes(path.parent, safety_poll=SAFETY_POLL, debounce=DEBOUNCE):
-        if not activity and not first and _signature(path) == signature:
+        if not activity and not first and file_identity(path) == signature:
             continue
         event = await changed()
         if event is not None:
