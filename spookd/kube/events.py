@@ -39,6 +39,11 @@ class KubeEvents:
         self._arrived = anyio.Event()
         self.dropped = 0
 
+    @property
+    def pending(self) -> int:
+        """Reports waiting to be sent."""
+        return len(self._queue)
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Send the queued reports in order, until cancelled."""
         task_status.started()
