@@ -130,8 +130,10 @@ class SpookdProcess:
         return self.log.read_text() if self.log.exists() else ""
 
     def records(self) -> list[dict[str, Any]]:
-        """The JSON log lines, parsed."""
-        return [json.loads(line) for line in self.log_text().splitlines() if line.startswith("{")]
+        """The JSON log lines, parsed (a last line still being written is left for later)."""
+        text = self.log_text()
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
 
 @pytest.fixture
