@@ -15,8 +15,9 @@ import anyio
 from loguru import logger
 from watchfiles import awatch
 
-from spookd.config import MAX_FILE_BYTES, ConfigError, ConfigInvalid, load_config
-from spookd.config.versions import Accepted, Deleted, Rejected, SourceEvent
+from spookd.config import MAX_FILE_BYTES, ConfigError
+from spookd.config.versions import Deleted, Rejected, SourceEvent
+from spookd.sources.parsing import parse
 
 DEBOUNCE_MS = 30
 #: Without events the file's stat is compared this often; this bounds the cost of a
@@ -40,15 +41,6 @@ def _read(path: Path) -> bytes | OSError | None:
         return None
     except OSError as exc:
         return exc
-
-
-async def parse(data: bytes, source: str) -> SourceEvent:
-    """Validate ``data`` in a worker thread, keeping the event loop responsive."""
-    try:
-        config = await anyio.to_thread.run_sync(load_config, data, source)
-    except ConfigInvalid as exc:
-        return Rejected(errors=exc.errors, source=source)
-    return Accepted(config=config, source=source)
 
 
 async def watch_file(path: Path) -> AsyncIterator[SourceEvent]:
