@@ -1,4 +1,5 @@
-"""Compose YAML text into a ruamel.yaml node tree with positions (YAML 1.2 core schema)."""
+"""Compose YAML text into a ruamel.yaml node tree with positions (YAML 1.2 core schema),
+and read a node's type."""
 
 from __future__ import annotations
 
@@ -74,3 +75,37 @@ class _CComposer(CParser):  # type: ignore[misc]
 
     def ascend_resolver(self, *_: Any) -> None:
         return None
+
+
+STR = "tag:yaml.org,2002:str"
+INT = "tag:yaml.org,2002:int"
+FLOAT = "tag:yaml.org,2002:float"
+BOOL = "tag:yaml.org,2002:bool"
+_TYPE_NAMES = {
+    BOOL: "a boolean",
+    FLOAT: "a floating-point number",
+    "tag:yaml.org,2002:null": "null",
+    "tag:yaml.org,2002:timestamp": "a date",
+    INT: "a number",
+    STR: "a string",
+}
+
+
+def tag(node: Node) -> str:
+    """The node's resolved tag as a string."""
+    found = node.ctag
+    return found if isinstance(found, str) else str(found.trval)
+
+
+def is_null(node: Node) -> bool:
+    """Whether ``node`` is a null scalar (``~``, ``null`` or nothing)."""
+    return isinstance(node, ScalarNode) and tag(node).endswith("null")
+
+
+def describe(node: Node) -> str:
+    """What the node is, for a message: ``a list``, ``a boolean``, ``a date``."""
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    return _TYPE_NAMES.get(tag(node), f"a value tagged {tag(node)}")

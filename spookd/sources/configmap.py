@@ -24,7 +24,7 @@ from loguru import logger
 from spookd.config.model import ConfigError
 from spookd.config.versions import Accepted, Deleted, ObjectRef, Rejected, SourceEvent
 from spookd.kube.client import Backoff, connect
-from spookd.sources.file import parse
+from spookd.sources.parsing import parse
 
 #: The API server ends each watch after this long (a little randomised, as client-go does).
 WATCH_SERVER_TIMEOUT = int(os.environ.get("SPOOKD_WATCH_TIMEOUT", "300"))
