@@ -22,20 +22,20 @@ class DeviceIndex(Generic[P]):
         self.resource_places: dict[str, P] = {}
         self.resource_keys: dict[str, set[str]] = {}
 
-    def add(self, device: Device, place: P, name_place: P) -> P | None:
-        """Record ``device``; the place of an earlier, different definition of it, if any."""
+    def add(self, device: Device, place: P, name_place: P) -> tuple[Device, P] | None:
+        """Record ``device``; an earlier, different definition of it and its place, if any."""
         key = (device.resource_name, device.instance_id)
         previous = self.seen.get(key)
-        conflict = None
         if previous is None:
             self.seen[key] = (device, place)
-        elif previous[0] != device:
-            conflict = previous[1]
         resource = device.resource_name
-        if resource not in self.resource_places:
+        keys = self.resource_keys.get(resource)
+        if keys is None:
+            keys = self.resource_keys[resource] = set()
             self.resource_places[resource] = name_place
-        self.resource_keys.setdefault(resource, set()).update(k for k, _ in device.env)
-        return conflict
+        for name, _ in device.env:
+            keys.add(name)
+        return previous if previous is not None and previous[0] != device else None
 
     def collisions(self) -> Iterator[tuple[str, str, str]]:
         """(resource, earlier resource, variable) for each pair that would set one variable.

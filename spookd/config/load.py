@@ -2,7 +2,8 @@
 
 ruamel.yaml (its C parser where installed) composes the YAML 1.2 document; every
 problem before validation (size, encoding, NUL, YAML syntax, several documents) is
-one error with its line and column.
+one error with its line and column. A configuration the fast path
+(spookd.config.fast) can vouch for skips the node tree.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import NoReturn
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import Node
 
+from spookd.config.fast import load_fast
 from spookd.config.model import Config, ConfigError, ConfigInvalid
 from spookd.config.validate import validate
 from spookd.config.yamlnodes import compose
@@ -22,11 +24,21 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 
 def load_config(text: str | bytes, source: str) -> Config:
     """Parse and validate a configuration; raise ConfigInvalid listing every error."""
+    text = checked_text(text, source)
+    config = load_fast(text)
+    if config is not None:
+        return config
     return validate(compose_config(text, source), source)
 
 
-def compose_config(text: str | bytes, source: str) -> Node:
-    """The configuration's YAML node tree; raise ConfigInvalid with the one problem that stops it."""
+def load_reference(text: str | bytes, source: str) -> Config:
+    """``load_config`` by ruamel.yaml and the validator alone, without the fast path."""
+    text = checked_text(text, source)
+    return validate(compose_config(text, source), source)
+
+
+def checked_text(text: str | bytes, source: str) -> str:
+    """The configuration as text; raise ConfigInvalid if it is too large, not UTF-8 or has NUL."""
     if len(text) > MAX_FILE_BYTES:
         _fatal(source, 1, 1, f"the configuration is larger than {MAX_FILE_BYTES} bytes")
     if isinstance(text, bytes):
@@ -36,6 +48,11 @@ def compose_config(text: str | bytes, source: str) -> Node:
         line = before.count("\n") + 1
         column = len(before) - (before.rfind("\n") + 1) + 1
         _fatal(source, line, column, "NUL character in the configuration; is it a binary file?")
+    return text
+
+
+def compose_config(text: str, source: str) -> Node:
+    """The configuration's YAML node tree; raise ConfigInvalid with the one problem that stops it."""
     root = _compose(text, source)
     if root is None:
         _fatal(source, 1, 1, "the configuration is empty; write `deviceMapping: []` to serve no devices")

@@ -165,8 +165,11 @@ class _Walk(Report):
             annotations=annotations,
             cdi_devices=tuple(cdi),
         )
-        first = self.index.add(device, Place(path, node), Place(f"{path}.resourceName", keys["resourceName"]))
-        if first is not None:
+        conflict = self.index.add(
+            device, Place(path, node), Place(f"{path}.resourceName", keys["resourceName"])
+        )
+        if conflict is not None:
+            first = conflict[1]
             self.error(
                 path,
                 node,
