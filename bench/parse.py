@@ -39,7 +39,7 @@ def parse_times(data: bytes, reps: int) -> list[float]:
 
 def loop_lag(data: bytes | None, duration: float = 0.0) -> tuple[float, float, int]:
     """Max and p99 lateness (ms) of a 1 ms ticker on Spookd's loop while ``parse`` runs in a thread."""
-    from spookd.sources.file import parse
+    from spookd.sources.parsing import parse
 
     lags: list[float] = []
 
@@ -115,7 +115,7 @@ def measure(sizes: dict[int, int], lag_reps: int) -> list[Figure]:
             unit="ms",
             values=maxes,
             target=Target(LAG_LIMIT, f"≤ {LAG_LIMIT:g} ms ¹"),
-            note=f"1 ms ticker on uvloop, parse via spookd.sources.file.parse (worker thread); "
+            note=f"1 ms ticker on uvloop, parse via spookd.sources.parsing.parse (worker thread); "
             f"p99 tick lateness {fmt(statistics.median(p99s))} ms; "
             f"idle loop max {fmt(statistics.median(base))} ms",
         )

@@ -8,7 +8,7 @@ from collections.abc import Collection, Iterable, Sequence
 import msgspec
 
 from spookd.config.model import Device, DeviceNode, Mount
-from spookd.naming import env_prefix
+from spookd.naming import COUNT_KEY, ID_KEY, TYPE_KEY, env_prefix, numbered
 
 _instance_id = operator.attrgetter("instance_id")
 
@@ -47,21 +47,21 @@ def container_env(resource_name: str, devices: Sequence[Device]) -> dict[str, st
     Devices are numbered in instance-ID order; device 0 also gets the short names
     without ``_DEV0``.
     """
-    prefix = env_prefix(resource_name)
+    short = env_prefix(resource_name) + "_"
     ordered = sorted(devices, key=_instance_id)
-    env = {f"{prefix}_NUM_DEVICES": str(len(ordered))}
+    env = {short + COUNT_KEY: str(len(ordered))}
     for index, device in enumerate(ordered):
-        numbered = f"{prefix}_DEV{index}_"
-        env[numbered + "ID"] = device.instance_id
-        env[numbered + "TYPE"] = resource_name
+        names = short + numbered(index)
+        env[names + ID_KEY] = device.instance_id
+        env[names + TYPE_KEY] = resource_name
         for key, value in device.env:
-            env[numbered + key] = value
+            env[names + key] = value
     if ordered:
         first = ordered[0]
-        env[f"{prefix}_ID"] = first.instance_id
-        env[f"{prefix}_TYPE"] = resource_name
+        env[short + ID_KEY] = first.instance_id
+        env[short + TYPE_KEY] = resource_name
         for key, value in first.env:
-            env[f"{prefix}_{key}"] = value
+            env[short + key] = value
     return env
 
 

@@ -1,4 +1,4 @@
-"""Names derived from resource names: plugin socket files and environment prefixes.
+"""Names derived from resource names: plugin socket files and the environment scheme.
 
 Pure functions: no I/O, no event loop.
 """
@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 
 #: ``sun_path`` holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH_BYTES = 107
@@ -83,10 +84,45 @@ def assign_socket_names(
     return names
 
 
+# -- the environment scheme (SPEC §5) -------------------------------------------
+#
+# A container given devices d0..dn-1 of a resource with prefix P gets P_DEV<i>_ID,
+# P_DEV<i>_TYPE and P_DEV<i>_<KEY> for each, the same without DEV<i>_ for d0, and
+# P_NUM_DEVICES. Allocate builds these names; validation refuses env keys that would
+# collide with them. Both read the scheme from here.
+
+ID_KEY = "ID"
+TYPE_KEY = "TYPE"
+COUNT_KEY = "NUM_DEVICES"
+#: Env keys Spookd generates itself; a device's own env may not use them.
+RESERVED_ENV_KEYS = frozenset({ID_KEY, TYPE_KEY, COUNT_KEY})
+_NUMBERED_KEY = re.compile(r"DEV[0-9]+_")
+
+
 @functools.lru_cache(maxsize=1024)
 def env_prefix(resource_name: str) -> str:
     """The environment variable prefix of a resource (``example.com/widget`` → ``EXAMPLECOM_WIDGET``)."""
     return resource_name.upper().replace(".", "").replace("/", "_").replace("-", "_")
+
+
+def numbered(index: int) -> str:
+    """The part that names device ``index``: ``DEV<index>_``."""
+    return f"DEV{index}_"
+
+
+def is_reserved_env_key(key: str) -> bool:
+    """Whether ``key`` would collide with a generated name: ID, TYPE, NUM_DEVICES or DEV<n>_*."""
+    return key in RESERVED_ENV_KEYS or _NUMBERED_KEY.match(key) is not None
+
+
+def env_suffixes(count: int, keys: Iterable[str]) -> Iterator[str]:
+    """Every name after ``P_`` that a container given ``count`` devices with env ``keys`` may get."""
+    keys = sorted(keys)
+    yield from (ID_KEY, TYPE_KEY, COUNT_KEY, *keys)
+    for index in range(count):
+        part = numbered(index)
+        for key in (ID_KEY, TYPE_KEY, *keys):
+            yield part + key
 
 
 def generation_socket_name(socket_name: str, generation: int, plugin_dir: str) -> str:

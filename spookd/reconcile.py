@@ -6,10 +6,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from spookd.config.model import Device
-
-#: ``{resource_name: {instance_id: Device}}``
-DeviceSets = Mapping[str, Mapping[str, Device]]
+from spookd.config.model import Device, NodeDevices
 
 
 class StartResource(msgspec.Struct, frozen=True):
@@ -39,7 +36,7 @@ def _sorted(devices: Mapping[str, Device]) -> tuple[Device, ...]:
     return tuple(devices[i] for i in sorted(devices))
 
 
-def diff(desired: DeviceSets, running: DeviceSets) -> list[Action]:
+def diff(desired: NodeDevices, running: NodeDevices) -> list[Action]:
     """The actions that turn ``running`` into ``desired``, in a stable order.
 
     Stops come first (freeing sockets), then starts, then updates, each sorted by
@@ -56,17 +53,6 @@ def diff(desired: DeviceSets, running: DeviceSets) -> list[Action]:
         if dict(desired[resource]) != dict(running[resource])
     )
     return actions
-
-
-def apply(running: DeviceSets, actions: list[Action]) -> dict[str, dict[str, Device]]:
-    """The running state after ``actions`` succeed (what the shell records)."""
-    state = {resource: dict(devices) for resource, devices in running.items()}
-    for action in actions:
-        if isinstance(action, StopResource):
-            state.pop(action.resource_name, None)
-        else:
-            state[action.resource_name] = {d.instance_id: d for d in action.devices}
-    return state
 
 
 def summary(actions: list[Action]) -> dict[str, list[str]]:

@@ -154,13 +154,16 @@ def test_every_spookd_variable_and_default_is_in_the_cli_page(monkeypatch: pytes
 
 
 def _loader_keys() -> dict[str, tuple[str, ...]]:
-    from spookd.config import loader
+    from spookd import naming
+    from spookd.config import hostdevices, validate
 
     keys = {
         name: tuple(sorted(value)) if isinstance(value, frozenset | set) else tuple(value)
-        for name, value in vars(loader).items()
+        for module in (validate, hostdevices)
+        for name, value in vars(module).items()
         if re.fullmatch(r"_[A-Z_]*KEYS", name) and isinstance(value, tuple | frozenset | set)
     }
+    keys["_RESERVED_ENV_KEYS"] = tuple(sorted(naming.RESERVED_ENV_KEYS))
     assert {"_TOP_KEYS", "_MAPPING_KEYS", "_DEVICE_KEYS"} <= keys.keys(), sorted(keys)
     return keys
 
@@ -210,9 +213,12 @@ def _fragments(nodes: list[ast.AST], skip: set[int]) -> set[str]:
 
 
 def _loader_message_fragments() -> set[str]:
-    """Every literal piece of text the loader can put into an error message."""
-    tree = ast.parse((ROOT / "spookd/config/loader.py").read_text(encoding="utf-8"))
-    return _fragments([tree], _skipped_nodes(tree))
+    """Every literal piece of text the loader (spookd/config) can put into an error message."""
+    out: set[str] = set()
+    for path in sorted((ROOT / "spookd/config").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        out |= _fragments([tree], _skipped_nodes(tree))
+    return out
 
 
 def _source_message_fragments() -> set[str]:
@@ -234,7 +240,7 @@ def _source_message_fragments() -> set[str]:
 def test_every_loader_error_message_is_in_the_reference() -> None:
     reference = _flat(_page("configuration.md"))
     fragments = _loader_message_fragments()
-    assert len(fragments) > 40, "found too few messages in spookd/config/loader.py"
+    assert len(fragments) > 40, "found too few messages in spookd/config"
     missing = sorted(f for f in fragments if f not in reference)
     assert not missing, "docs/configuration.md lacks these loader messages:\n" + "\n".join(missing)
 

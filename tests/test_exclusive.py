@@ -14,7 +14,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,10 @@ class Node:
     harness: NodeHarness
     spookd: SpookdProcess
     workdir: Path
+    #: Extra environment for this node's Spookd (libfaketime, for one).
+    env: dict[str, str] = field(default_factory=dict)
+    #: This node's way to the API server, when not the API server's own kubeconfig.
+    kubeconfig: Path | None = None
 
     def health(self) -> dict[str, str]:
         state = self.harness.resources().get(OSC)
@@ -53,14 +57,17 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, apiserver: ApiServer) -> None:
+    def __init__(self, apiserver: ApiServer, timings: dict[str, str] | None = None) -> None:
         self.apiserver = apiserver
+        self.timings = timings or TIMINGS
         self.api: ApiClient = apiserver.client()
         self.namespace = f"claims-{next(_namespaces)}-{int(time.time() * 1000) % 100000}"
         self.api.ensure({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}})
         self.nodes: list[Node] = []
 
-    def add(self, name: str, text: str) -> Node:
+    def add(
+        self, name: str, text: str, env: dict[str, str] | None = None, kubeconfig: Path | None = None
+    ) -> Node:
         workdir = Path(tempfile.mkdtemp(prefix=f"spk-{name}-", dir="/tmp"))
         plugin_dir = workdir / "p"
         plugin_dir.mkdir()
@@ -69,7 +76,7 @@ class Cluster:
         harness.start(plugin_dir)
         spookd = SpookdProcess(plugin_dir, workdir, node_name=name)
         spookd.write(text)
-        node = Node(name, harness, spookd, workdir)
+        node = Node(name, harness, spookd, workdir, env or {}, kubeconfig)
         self.nodes.append(node)
         self.start(node)
         return node
@@ -80,8 +87,8 @@ class Cluster:
             self.namespace,
             "--pod-resources-socket",
             str(node.workdir / "podres.sock"),
-            kubeconfig=self.apiserver.kubeconfig,
-            env=TIMINGS,
+            kubeconfig=node.kubeconfig or self.apiserver.kubeconfig,
+            env={**self.timings, **node.env},
         )
 
     def lease(self, device: str) -> dict[str, Any] | None:

@@ -97,3 +97,34 @@ def test_a_moved_socket_gets_a_generation_no_other_resource_can_have() -> None:
     moved = generation_socket_name("spookd-" + "w" * 40 + ".sock", 12, long_dir)
     assert len(f"{long_dir}/{moved}".encode()) <= MAX_SOCKET_PATH_BYTES
     assert moved.endswith(".g12.sock")
+
+
+def test_reserved_env_keys_are_the_generated_suffixes() -> None:
+    from spookd.naming import is_reserved_env_key
+
+    assert [
+        k
+        for k in ("ID", "TYPE", "NUM_DEVICES", "DEV0_IP", "DEV12_X", "IP", "DEVICE", "DEV_X", "id")
+        if is_reserved_env_key(k)
+    ] == [
+        "ID",
+        "TYPE",
+        "NUM_DEVICES",
+        "DEV0_IP",
+        "DEV12_X",
+    ]
+
+
+@given(
+    st.integers(min_value=1, max_value=5),
+    st.sets(st.from_regex(r"[A-Z][A-Z0-9_]{0,6}", fullmatch=True), max_size=3),
+)
+def test_allocate_sets_exactly_the_names_the_scheme_lists(count: int, keys: set[str]) -> None:
+    from spookd.allocation import container_env
+    from spookd.config import Device
+    from spookd.naming import env_suffixes, is_reserved_env_key
+
+    keys = {k for k in keys if not is_reserved_env_key(k)}
+    devices = [Device("e.com/w", f"d{i}", tuple((k, "v") for k in sorted(keys))) for i in range(count)]
+    names = {name.removeprefix("ECOM_W_") for name in container_env("e.com/w", devices)}
+    assert names == set(env_suffixes(count, keys))

@@ -5,12 +5,23 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spookd.config import Device
-from spookd.reconcile import StartResource, StopResource, UpdateResource, apply, diff, summary
+from spookd.config import Device, NodeDevices
+from spookd.reconcile import Action, StartResource, StopResource, UpdateResource, diff, summary
 
 resources = st.sampled_from(["a.com/x", "a.com/y", "b.org/z", "c.io/w"])
 ids = st.sampled_from(["1", "2", "3", "A"])
 envs = st.sampled_from([(), (("IP", "10.0.0.1"),), (("IP", "10.0.0.2"), ("PORT", "1"))])
+
+
+def apply(running: NodeDevices, actions: list[Action]) -> dict[str, dict[str, Device]]:
+    """The running state after ``actions`` succeed, as the shell records it."""
+    state = {resource: dict(devices) for resource, devices in running.items()}
+    for action in actions:
+        if isinstance(action, StopResource):
+            state.pop(action.resource_name, None)
+        else:
+            state[action.resource_name] = {d.instance_id: d for d in action.devices}
+    return state
 
 
 @st.composite

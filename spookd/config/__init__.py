@@ -1,6 +1,6 @@
 """Configuration: model, YAML loading with positions, validation (pure, no I/O)."""
 
-from spookd.config.loader import MAX_FILE_BYTES, load_config
+from spookd.config.load import MAX_FILE_BYTES, load_config
 from spookd.config.model import (
     HEALTHY,
     UNHEALTHY,

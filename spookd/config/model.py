@@ -49,10 +49,6 @@ class Device(msgspec.Struct, frozen=True, order=True):
     annotations: tuple[tuple[str, str], ...] = ()
     cdi_devices: tuple[str, ...] = ()
 
-    def env_dict(self) -> dict[str, str]:
-        """The device's environment as a dict."""
-        return dict(self.env)
-
 
 class DeviceMapping(msgspec.Struct, frozen=True):
     """A set of hosts (lower-cased node names) and the devices they all get."""

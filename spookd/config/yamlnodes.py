@@ -1,7 +1,9 @@
-"""Compose YAML text into a ruamel.yaml node tree with positions (YAML 1.2 core schema)."""
+"""Compose YAML text into a ruamel.yaml node tree with positions (YAML 1.2 core schema),
+and read a node's type."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -33,15 +35,41 @@ _MAP = _shared_tag("tag:yaml.org,2002:map")
 def _implicit_table() -> dict[str, list[tuple[Tag, Any]]]:
     """ruamel.yaml's YAML 1.2 implicit resolvers by first character, resolved once.
 
-    ruamel.yaml looks the version up again for every scalar; for a 1 MiB
-    configuration that lookup cost more than parsing itself.
+    ruamel.yaml looks the version up again for every scalar, and reaches each
+    regular expression through a lazy wrapper; for a 1 MiB configuration that cost
+    more than parsing itself.
     """
     table = VersionedResolver(version=(1, 2)).versioned_resolver
-    return {key: [(_shared_tag(str(tag)), regexp) for tag, regexp in rules] for key, rules in table.items()}
+    return {
+        key: [(_shared_tag(str(tag)), re.compile(regexp.pattern, regexp.flags)) for tag, regexp in rules]
+        for key, rules in table.items()
+    }
 
 
 _IMPLICIT: dict[str, list[tuple[Tag, Any]]] = _implicit_table()
 _ANY_FIRST: list[tuple[Tag, Any]] = _IMPLICIT.get(None, [])  # type: ignore[call-overload]
+#: Per first character, one expression matching every plain scalar ruamel.yaml types.
+_TYPED: dict[str, re.Pattern[str]] = {
+    key: re.compile("|".join(f"(?:{r.pattern})" for _, r in rules), rules[0][1].flags)
+    for key, rules in _IMPLICIT.items()
+    if key is not None and rules
+}
+
+
+def is_typed_plain(value: str) -> bool:
+    """Whether ruamel.yaml would give ``value``, written as a plain scalar, a tag other than str."""
+    if _ANY_FIRST:  # pragma: no cover - ruamel.yaml's YAML 1.2 table has none
+        return plain_tag(value) != STR
+    typed = _TYPED.get(value[:1])
+    return typed is not None and typed.match(value) is not None
+
+
+def plain_tag(value: str) -> str:
+    """The tag ruamel.yaml gives ``value`` written as a plain (unquoted) scalar."""
+    for found, regexp in _IMPLICIT.get(value[:1], _ANY_FIRST):
+        if regexp.match(value):
+            return str(found.trval)
+    return STR
 
 
 def compose(text: str) -> Node | None:
@@ -74,3 +102,37 @@ class _CComposer(CParser):  # type: ignore[misc]
 
     def ascend_resolver(self, *_: Any) -> None:
         return None
+
+
+STR = "tag:yaml.org,2002:str"
+INT = "tag:yaml.org,2002:int"
+FLOAT = "tag:yaml.org,2002:float"
+BOOL = "tag:yaml.org,2002:bool"
+_TYPE_NAMES = {
+    BOOL: "a boolean",
+    FLOAT: "a floating-point number",
+    "tag:yaml.org,2002:null": "null",
+    "tag:yaml.org,2002:timestamp": "a date",
+    INT: "a number",
+    STR: "a string",
+}
+
+
+def tag(node: Node) -> str:
+    """The node's resolved tag as a string."""
+    found = node.ctag
+    return found if isinstance(found, str) else str(found.trval)
+
+
+def is_null(node: Node) -> bool:
+    """Whether ``node`` is a null scalar (``~``, ``null`` or nothing)."""
+    return isinstance(node, ScalarNode) and tag(node).endswith("null")
+
+
+def describe(node: Node) -> str:
+    """What the node is, for a message: ``a list``, ``a boolean``, ``a date``."""
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    return _TYPE_NAMES.get(tag(node), f"a value tagged {tag(node)}")

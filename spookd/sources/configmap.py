@@ -1,35 +1,26 @@
 """The ConfigMap source: list then watch one ConfigMap through the API (SPEC §3).
 
 kubernetes-asyncio is imported only here, so the file source never pays its
-start-up time and memory. The watch asks for the one object by field selector,
-resumes from the last resourceVersion (bookmarks included), always sets a server
-timeout and a client read timeout, relists on 410 Gone, and reconnects with capped
-exponential backoff and jitter.
+start-up time and memory. The shared LIST + WATCH (spookd.kube.watch) asks for the
+one object by field selector, resumes from the last resourceVersion (bookmarks
+included), always sets a server timeout and a client read timeout, relists on 410
+Gone, and reconnects with capped exponential backoff and jitter.
 """
 
 from __future__ import annotations
 
-import os
-import random
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-import anyio
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 from loguru import logger
 
 from spookd.config.model import ConfigError
 from spookd.config.versions import Accepted, Deleted, ObjectRef, Rejected, SourceEvent
-from spookd.kube.client import Backoff, connect
-from spookd.sources.file import parse
-
-#: The API server ends each watch after this long (a little randomised, as client-go does).
-WATCH_SERVER_TIMEOUT = int(os.environ.get("SPOOKD_WATCH_TIMEOUT", "300"))
-#: The client gives up on a silent connection after this long.
-CLIENT_READ_TIMEOUT = 30
+from spookd.kube.client import connect
+from spookd.kube.watch import CLIENT_READ_TIMEOUT, WATCH_SERVER_TIMEOUT, Listed, ListWatch, WatchEvent
+from spookd.sources.parsing import parse
 
 
 def _ref(configmap: Any) -> ObjectRef:
@@ -42,6 +33,11 @@ def _ref(configmap: Any) -> ObjectRef:
     )
 
 
+def _new_watch() -> Watch:
+    # Looked up at each watch, so a test can put recorded events in its place.
+    return Watch()
+
+
 class ConfigMapWatch:
     """Turns the ConfigMap's versions into configuration events."""
 
@@ -51,110 +47,54 @@ class ConfigMapWatch:
         self.name = name
         self.key = key
         self.source = f"{namespace}/{name}:{key}"
-        self.resource_version: str | None = None
-        self.requests = 0
+        self.list_watch = ListWatch(
+            self.core.list_namespaced_config_map,
+            namespace,
+            what="ConfigMap",
+            forbidden=(
+                f"not allowed to read ConfigMap {namespace}/{name}; bind the Role `watch-configmaps` "
+                "(get, list, watch on configmaps) to Spookd's ServiceAccount"
+            ),
+            server_timeout=WATCH_SERVER_TIMEOUT,
+            read_timeout=CLIENT_READ_TIMEOUT,
+            watch_factory=_new_watch,
+            field_selector=f"metadata.name={name}",
+        )
+        self.list_watch.log_fields = {"source": self.source}
         self._last: str | object | None = object()  # nothing seen yet
+
+    @property
+    def resource_version(self) -> str | None:
+        """Where the next watch resumes (None: list first)."""
+        return self.list_watch.resource_version
+
+    @resource_version.setter
+    def resource_version(self, value: str | None) -> None:
+        self.list_watch.resource_version = value
+
+    @property
+    def requests(self) -> int:
+        """LIST and WATCH requests sent so far."""
+        return self.list_watch.requests
 
     async def events(self) -> AsyncIterator[SourceEvent]:
         """Yield a version after the first list and after every change, forever."""
-        backoff = Backoff()
-        forbidden_logged = False
-        while True:
-            try:
-                if self.resource_version is None:
-                    event = await self._list()
-                    if event is not None:
-                        yield event
-                async for event in self._watch():
-                    yield event
-                    backoff.reset()
-                backoff.reset()
-                forbidden_logged = False
-                continue
-            except ApiException as exc:
-                if exc.status == 410:
-                    logger.info("watch expired (410 Gone); listing again", source=self.source)
-                    self.resource_version = None
-                    continue
-                if exc.status in (401, 403):
-                    if not forbidden_logged:
-                        logger.error(
-                            "not allowed to read ConfigMap {namespace}/{name} ({status} {reason}); "
-                            "bind the Role `watch-configmaps` (get, list, watch on configmaps) to "
-                            "Spookd's ServiceAccount; retrying",
-                            namespace=self.namespace,
-                            name=self.name,
-                            status=exc.status,
-                            reason=exc.reason,
-                        )
-                        forbidden_logged = True
-                else:
-                    logger.warning(
-                        "ConfigMap watch failed: {status} {reason}; reconnecting",
-                        status=exc.status,
-                        reason=exc.reason,
-                        source=self.source,
-                    )
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                logger.warning(
-                    "ConfigMap watch interrupted: {error}; reconnecting",
-                    error=str(exc) or type(exc).__name__,
-                    source=self.source,
-                )
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                # An answer of a shape this code does not expect must not end the
-                # daemon: the devices keep being served while the watch starts over.
-                logger.error(
-                    "unexpected answer from the API server ({error}); listing again",
-                    error=f"{type(exc).__name__}: {exc}",
-                    source=self.source,
-                )
-                self.resource_version = None
-            await anyio.sleep(backoff.next_delay())
-
-    async def _list(self) -> SourceEvent | None:
-        self.requests += 1
-        logger.debug("listing ConfigMap", source=self.source, requests=self.requests)
-        listing = await self.core.list_namespaced_config_map(
-            self.namespace,
-            field_selector=f"metadata.name={self.name}",
-            _request_timeout=CLIENT_READ_TIMEOUT,
-        )
-        self.resource_version = listing.metadata.resource_version
-        return await self._version(listing.items[0] if listing.items else None)
+        async for change in self.list_watch.events():
+            event = await self._event(change)
+            if event is not None:
+                yield event
 
     async def _watch(self) -> AsyncIterator[SourceEvent]:
-        self.requests += 1
-        logger.debug(
-            "watching ConfigMap",
-            source=self.source,
-            resource_version=self.resource_version,
-            requests=self.requests,
-        )
-        watch = Watch()
-        timeout = int(WATCH_SERVER_TIMEOUT * random.uniform(1.0, 1.2))
-        async with watch.stream(
-            self.core.list_namespaced_config_map,
-            self.namespace,
-            field_selector=f"metadata.name={self.name}",
-            resource_version=self.resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=timeout,
-            _request_timeout=aiohttp.ClientTimeout(
-                sock_connect=CLIENT_READ_TIMEOUT, sock_read=timeout + CLIENT_READ_TIMEOUT
-            ),
-        ) as stream:
-            async for raw in stream:
-                kind = raw["type"]
-                obj = raw["object"]
-                # kubernetes-asyncio leaves a BOOKMARK's object a plain dict; the raw
-                # object always is one.
-                self.resource_version = raw["raw_object"]["metadata"]["resourceVersion"]
-                if kind == "BOOKMARK":
-                    continue
-                event = await self._version(None if kind == "DELETED" else obj)
-                if event is not None:
-                    yield event
+        """One watch request's configuration events."""
+        async for change in self.list_watch.watch():
+            event = await self._event(change)
+            if event is not None:
+                yield event
+
+    async def _event(self, change: WatchEvent) -> SourceEvent | None:
+        if isinstance(change, Listed):
+            return await self._version(change.items[0] if change.items else None)
+        return await self._version(None if change.kind == "DELETED" else change.obj)
 
     async def _version(self, configmap: Any | None) -> SourceEvent | None:
         if configmap is None:

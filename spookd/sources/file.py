@@ -15,9 +15,10 @@ from pathlib import Path
 import anyio
 from loguru import logger
 
-from spookd.config import MAX_FILE_BYTES, ConfigError, ConfigInvalid, load_config
-from spookd.config.versions import Accepted, Deleted, Rejected, SourceEvent
+from spookd.config import MAX_FILE_BYTES, ConfigError
+from spookd.config.versions import Deleted, Rejected, SourceEvent
 from spookd.dirwatch import directory_changes, file_identity
+from spookd.sources.parsing import parse
 
 DEBOUNCE = 0.03
 #: Without inotify events the file's stat is compared this often: a change inotify
@@ -34,15 +35,6 @@ def _read(path: Path) -> bytes | OSError | None:
         return None
     except OSError as exc:
         return exc
-
-
-async def parse(data: bytes, source: str) -> SourceEvent:
-    """Validate ``data`` in a worker thread, keeping the event loop responsive."""
-    try:
-        config = await anyio.to_thread.run_sync(load_config, data, source)
-    except ConfigInvalid as exc:
-        return Rejected(errors=exc.errors, source=source)
-    return Accepted(config=config, source=source)
 
 
 async def watch_file(path: Path) -> AsyncIterator[SourceEvent]:

@@ -1,0 +1,191 @@
+"""The fast path for accepted configurations (SPEC §9): yaml-rs instead of ruamel.yaml.
+
+ruamel.yaml stays the reference: for YAML 1.2 semantics and for every error and its
+position. This module only vouches for configurations it can prove ruamel.yaml and
+the validator would accept with the same result; for anything else (an error,
+something unusual, any doubt) it answers None and the reference decides.
+
+What yaml-rs resolves differently from ruamel.yaml's YAML 1.2 resolver, and how each
+difference is caught (tests/test_fast_path.py pins every one against both parsers):
+
+- plain scalars ruamel types but yaml-rs leaves a string (``=``, ``<<``, any
+  future gap): every string that ruamel would type if it were plain is parsed
+  again by yaml-rs as a plain scalar, in one batch; a string there means it may
+  have been plain, and the reference decides;
+- plain scalars yaml-rs types as integers and ruamel leaves strings (``0X1F``,
+  ``0O17``, ``0B1``, ``_1``): the text is searched for such tokens first;
+- dates and times (yaml-rs makes date, datetime and time objects; ruamel tags
+  dates, and leaves ``12:30:45`` a string): never valid here, so the reference
+  decides;
+- tags, merge keys, directives, document markers, escapes, tabs, carriage returns,
+  the YAML 1.1 line breaks and characters ruamel refuses: the text is searched for
+  them first;
+- duplicate keys: yaml-rs refuses them like the validator does;
+- `:` inside a plain scalar in a flow collection (``{V: 12:30}``): YAML 1.2 allows
+  it, libyaml (ruamel.yaml's parser) does not; a string with `:` in a text with
+  flow collections goes to the reference.
+
+Only the fields of SPEC §1 (hosts, resourceName, instanceID, env, exclusive) take
+the fast path; a device with any SPEC §10 field goes to the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml_rs
+from ruamel.yaml.reader import Reader
+
+from spookd.config.crosscheck import DeviceIndex
+from spookd.config.model import Config, Device, DeviceMapping
+from spookd.config.rules import (
+    env_key_problem,
+    extended_resource_name_problem,
+    instance_id_problem,
+    node_name_ok,
+)
+from spookd.config.yamlnodes import is_typed_plain
+
+#: Characters that send a configuration to the reference: tags, directives,
+#: escapes, tabs and odd line breaks, and what ruamel.yaml's reader refuses.
+_UNSAFE_CHARS = "!%\\\t\r\x85\u2028\u2029\ufeff"
+#: In ASCII text, every byte but these (printable, and the line feed) does.
+_SAFE_ASCII = bytes(c for c in range(0x20, 0x7F) if chr(c) not in _UNSAFE_CHARS) + b"\n"
+#: Pieces of text that do: merge keys; the integer forms yaml-rs reads but ruamel.yaml
+#: does not (0X1F, 0O17, 0B1, and plain scalars starting with `_`); document markers.
+_UNSAFE_PIECES = ("<<", "0X", "0O", "0B", *(c + "_" for c in " \n[{,:?"), "\n---", "\n...")
+_UNSAFE_START = ("_", "---", "...")
+_TOP_KEYS = frozenset({"deviceMapping", "exclusive"})
+_MAPPING_KEYS = {"hosts": None, "devices": None}.keys()
+_DEVICE_KEYS = frozenset({"resourceName", "instanceID", "env"})
+
+
+def load_fast(text: str) -> Config | None:
+    """The configuration ``text`` describes, when the fast path can vouch for it; else None."""
+    if not _safe(text):
+        return None
+    try:
+        data = yaml_rs.loads(text)
+    except Exception:
+        return None
+    walk = _Walk(flow="{" in text or "[" in text)
+    try:
+        config = walk.top(data)
+    except _Doubt:
+        return None
+    if walk.maybe_plain and not _typed_when_plain(walk.maybe_plain):
+        return None
+    return config
+
+
+def _safe(text: str) -> bool:
+    if text.isascii():
+        if text.encode("ascii").translate(None, _SAFE_ASCII):
+            return False
+    elif any(c in text for c in _UNSAFE_CHARS) or Reader.NON_PRINTABLE.search(text):
+        return False
+    return not text.startswith(_UNSAFE_START) and not any(piece in text for piece in _UNSAFE_PIECES)
+
+
+def _typed_when_plain(values: set[str]) -> bool:
+    """Whether yaml-rs types each of ``values`` written plain: then each must have been quoted."""
+    ordered = sorted(values)
+    try:
+        again = yaml_rs.loads("k:\n" + "".join(f"- {v}\n" for v in ordered))
+    except Exception:
+        return False
+    typed = again.get("k") if isinstance(again, dict) else None
+    return isinstance(typed, list) and len(typed) == len(ordered) and not any(type(v) is str for v in typed)
+
+
+class _Doubt(Exception):
+    """The fast path cannot vouch for this configuration."""
+
+
+class _Walk:
+    """SPEC §1 over yaml-rs's plain data; any doubt raises _Doubt.
+
+    Checks are inlined and repeated values (resource names, env keys) judged once:
+    this walk is the larger part of the fast path's time.
+    """
+
+    def __init__(self, *, flow: bool) -> None:
+        #: libyaml (ruamel.yaml's parser) refuses `:` in a plain scalar inside a flow
+        #: collection ({V: 12:30}); YAML 1.2 and yaml-rs allow it.
+        self.flow = flow
+        self.index: DeviceIndex[None] = DeviceIndex()
+        #: Strings that ruamel.yaml would type if they had been written plain.
+        self.maybe_plain: set[str] = set()
+        self.resources: dict[str, bool] = {}
+        self.env_keys: dict[str, bool] = {}
+
+    def string(self, value: Any) -> str:
+        if type(value) is not str or (self.flow and ":" in value):
+            raise _Doubt
+        # A plain scalar holds no line break and no space at its ends.
+        if is_typed_plain(value) and "\n" not in value and value == value.strip():
+            self.maybe_plain.add(value)
+        return value
+
+    def top(self, data: Any) -> Config:
+        if type(data) is not dict or "deviceMapping" not in data or not data.keys() <= _TOP_KEYS:
+            raise _Doubt
+        exclusive = data.get("exclusive", False)
+        mappings = data["deviceMapping"]
+        if type(exclusive) is not bool or type(mappings) is not list:
+            raise _Doubt
+        out = tuple(self.mapping(m) for m in mappings)
+        for _ in self.index.collisions():
+            raise _Doubt
+        return Config(mappings=out, exclusive=exclusive)
+
+    def mapping(self, data: Any) -> DeviceMapping:
+        if type(data) is not dict or data.keys() != _MAPPING_KEYS:
+            raise _Doubt
+        hosts, devices = data["hosts"], data["devices"]
+        if type(hosts) is not list or not hosts or type(devices) is not list:
+            raise _Doubt
+        names = []
+        for host in hosts:
+            name = self.string(host).lower()
+            if not node_name_ok(name):
+                raise _Doubt
+            names.append(name)
+        return DeviceMapping(hosts=tuple(names), devices=tuple(self.device(d) for d in devices))
+
+    def device(self, data: Any) -> Device:
+        if type(data) is not dict or not data.keys() <= _DEVICE_KEYS:
+            raise _Doubt
+        resource: Any = data.get("resourceName")  # checked below, once per distinct name
+        known = self.resources.get(resource) if type(resource) is str else None
+        if known is None:
+            resource = self.string(resource)
+            known = self.resources[resource] = extended_resource_name_problem(resource) is None
+        instance = self.string(data.get("instanceID"))
+        if not known or instance_id_problem(instance) is not None:
+            raise _Doubt
+        env = data.get("env")
+        device = Device(resource, instance, self.env(env) if env is not None else ())
+        if self.index.add(device, None, None) is not None:
+            raise _Doubt
+        return device
+
+    def env(self, data: Any) -> tuple[tuple[str, str], ...]:
+        if type(data) is not dict:
+            raise _Doubt
+        env = []
+        known = self.env_keys
+        for key, value in data.items():
+            ok = known.get(key) if type(key) is str else None
+            if ok is None:
+                ok = known[key] = env_key_problem(self.string(key)) is None
+            if not ok:
+                raise _Doubt
+            if type(value) is int:
+                env.append((key, str(value)))
+            elif "\x00" in self.string(value):
+                raise _Doubt
+            else:
+                env.append((key, value))
+        env.sort()
+        return tuple(env)

@@ -1,0 +1,132 @@
+"""When a device's Lease counts as held: judged by observation, never by timestamps (pure).
+
+Kubernetes' own leader election (client-go ``leaderelection``) never compares another
+machine's ``renewTime`` with the local wall clock: clocks of different nodes differ
+(NTP not synced after boot, a VM resumed from suspend). A node that is not the
+holder notes *when, on its own monotonic clock,* it first saw the current record
+(holder, renew time, duration); the Lease expires for it once that record has stayed
+unchanged for the Lease duration. The holder counts the duration from the moment it
+*sent* its last successful renewal, so it gives up no later than any observer can
+take over. Every time here is a ``time.monotonic()`` reading passed in by the shell;
+nothing in this module reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """What a Lease says, as far as expiry is concerned."""
+
+    holder: str
+    #: The holder's renew time exactly as written (its clock: compared for equality only).
+    renew_time: str
+    duration: float
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A record and the local monotonic time it was first seen."""
+
+    record: LeaseRecord
+    seen_at: float
+
+    def same_record(self, other: LeaseRecord) -> bool:
+        """True when ``other`` is the same write of the holder (only the resourceVersion may differ)."""
+        mine = self.record
+        return (mine.holder, mine.renew_time, mine.duration) == (
+            other.holder,
+            other.renew_time,
+            other.duration,
+        )
+
+    def expired(self, now: float) -> bool:
+        """The record has stayed unchanged for its whole duration on this node's clock."""
+        return now - self.seen_at >= self.record.duration
+
+    def expires_at(self) -> float:
+        """The local monotonic time at which this observation expires."""
+        return self.seen_at + self.record.duration
+
+
+class LeaseBook:
+    """Every device Lease this node has seen, and since when (local monotonic time)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Key, Observation] = {}
+
+    def observe(self, key: Key, record: LeaseRecord, now: float) -> Observation:
+        """Note a record read at ``now``; an unchanged record keeps its first-seen time."""
+        known = self._seen.get(key)
+        if known is not None and known.same_record(record):
+            # A relist or a metadata-only change: the same renewal, seen again. Its age
+            # keeps counting from when it was first seen.
+            observation = Observation(record, known.seen_at)
+        else:
+            observation = Observation(record, now)
+        self._seen[key] = observation
+        return observation
+
+    def forget(self, key: Key) -> None:
+        """The Lease was deleted."""
+        self._seen.pop(key, None)
+
+    def replace_all(self, records: dict[Key, LeaseRecord], now: float) -> None:
+        """A full listing: keep the age of unchanged records, drop the Leases that are gone."""
+        for key in set(self._seen) - set(records):
+            del self._seen[key]
+        for key, record in records.items():
+            self.observe(key, record, now)
+
+    def get(self, key: Key) -> Observation | None:
+        """The current observation of a device's Lease, if any."""
+        return self._seen.get(key)
+
+    def held_elsewhere(self, key: Key, me: str, now: float) -> bool:
+        """Another node names itself holder and the record has not expired by observation."""
+        seen = self._seen.get(key)
+        if seen is None or not seen.record.holder or seen.record.holder == me:
+            return False
+        return not seen.expired(now)
+
+    def may_take(self, key: Key, me: str, now: float) -> bool:
+        """This node may write the Lease: nobody holds it, it is ours, or it expired by observation."""
+        seen = self._seen.get(key)
+        if seen is None or not seen.record.holder or seen.record.holder == me:
+            return True
+        return seen.expired(now)
+
+    def next_expiry(self, me: str, now: float) -> float | None:
+        """The earliest future local time at which a Lease held elsewhere expires."""
+        pending = [
+            seen.expires_at()
+            for seen in self._seen.values()
+            if seen.record.holder and seen.record.holder != me and not seen.expired(now)
+        ]
+        return min(pending, default=None)
+
+
+@dataclass
+class Holding:
+    """A claim this node holds: its Lease's resourceVersion and the time of the last renewal."""
+
+    resource_version: str
+    #: Local monotonic time at which the last successful write was *sent*.
+    renewed_at: float
+    duration: float
+    #: Local monotonic time at which the claim was first taken (for the release grace).
+    since: float
+
+    def renewed(self, resource_version: str, sent_at: float) -> None:
+        """A renewal sent at ``sent_at`` succeeded."""
+        self.resource_version = resource_version
+        self.renewed_at = max(self.renewed_at, sent_at)
+
+    def lapsed(self, now: float) -> bool:
+        """The Lease duration has passed since the last successful renewal was sent."""
+        return now - self.renewed_at >= self.duration

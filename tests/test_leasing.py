@@ -1,0 +1,88 @@
+"""Lease expiry by observation (spookd.leasing): pure, no clock, no API server."""
+
+from __future__ import annotations
+
+from spookd.leasing import Holding, LeaseBook, LeaseRecord
+
+KEY = ("skao.int/oscilloscope", "0001")
+
+
+def record(holder: str = "node-a", renew: str = "t1", rv: str = "10", duration: float = 15) -> LeaseRecord:
+    return LeaseRecord(holder=holder, renew_time=renew, duration=duration, resource_version=rv)
+
+
+def test_a_lease_held_elsewhere_expires_only_after_its_duration_unchanged_on_the_local_clock() -> None:
+    book = LeaseBook()
+    book.observe(KEY, record(), now=100.0)
+    assert book.held_elsewhere(KEY, "node-b", now=114.9)
+    assert not book.may_take(KEY, "node-b", now=114.9)
+    assert not book.held_elsewhere(KEY, "node-b", now=115.0)
+    assert book.may_take(KEY, "node-b", now=115.0)
+
+
+def test_the_renew_time_written_is_never_compared_with_any_clock() -> None:
+    # A renew time far in the past (the holder's clock behind) or future (ahead)
+    # makes no difference: only how long this node has seen it unchanged counts.
+    for renew in ("1970-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00"):
+        book = LeaseBook()
+        book.observe(KEY, record(renew=renew), now=5.0)
+        assert book.held_elsewhere(KEY, "node-b", now=19.0)
+        assert not book.held_elsewhere(KEY, "node-b", now=20.0)
+
+
+def test_a_renewal_starts_the_observation_again() -> None:
+    book = LeaseBook()
+    book.observe(KEY, record(renew="t1", rv="10"), now=0.0)
+    book.observe(KEY, record(renew="t2", rv="11"), now=10.0)
+    assert book.held_elsewhere(KEY, "node-b", now=24.0)
+    assert not book.held_elsewhere(KEY, "node-b", now=25.0)
+
+
+def test_seeing_the_same_record_again_keeps_its_age() -> None:
+    # A relist after 410 or a reconnect shows the same record: it must not look fresh.
+    book = LeaseBook()
+    book.observe(KEY, record(rv="10"), now=0.0)
+    book.replace_all({KEY: record(rv="10")}, now=14.0)
+    book.observe(KEY, record(rv="12"), now=14.5)  # a metadata-only write, same renewal
+    assert not book.held_elsewhere(KEY, "node-b", now=15.0)
+    observation = book.get(KEY)
+    assert observation is not None
+    assert observation.record.resource_version == "12"
+
+
+def test_a_listing_drops_leases_that_are_gone() -> None:
+    book = LeaseBook()
+    book.observe(KEY, record(), now=0.0)
+    book.replace_all({}, now=1.0)
+    assert book.get(KEY) is None
+    assert book.may_take(KEY, "node-b", now=1.0)
+
+
+def test_the_holder_and_an_empty_holder_never_block() -> None:
+    book = LeaseBook()
+    book.observe(KEY, record(holder="node-b"), now=0.0)
+    assert not book.held_elsewhere(KEY, "node-b", now=1.0)
+    assert book.may_take(KEY, "node-b", now=1.0)
+    book.observe(KEY, record(holder=""), now=2.0)
+    assert not book.held_elsewhere(KEY, "node-c", now=2.0)
+
+
+def test_next_expiry_is_the_earliest_lease_held_elsewhere() -> None:
+    book = LeaseBook()
+    book.observe(KEY, record(duration=15), now=0.0)
+    book.observe(("r", "2"), record(duration=3), now=1.0)
+    book.observe(("r", "3"), record(holder="me", duration=1), now=1.0)
+    assert book.next_expiry("me", now=2.0) == 4.0
+    assert book.next_expiry("me", now=4.0) == 15.0
+    assert book.next_expiry("me", now=15.0) is None
+
+
+def test_a_holder_gives_up_a_duration_after_the_last_successful_renewal_was_sent() -> None:
+    held = Holding(resource_version="10", renewed_at=0.0, duration=15, since=0.0)
+    assert not held.lapsed(14.9)
+    held.renewed("11", sent_at=10.0)
+    assert not held.lapsed(24.9)
+    assert held.lapsed(25.0)
+    held.renewed("12", sent_at=5.0)  # a late answer to an older request does not extend it
+    assert held.lapsed(25.0)
+    assert held.resource_version == "12"

@@ -1,0 +1,104 @@
+"""Parsing a configuration off the event loop (SPEC §3, §9), and the pure core's imports."""
+
+from __future__ import annotations
+
+import ast
+import gc
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+from spookd.config import ConfigInvalid
+from spookd.config.versions import Accepted, Rejected
+from spookd.sources.parsing import load_without_collector, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data"
+
+
+def test_the_garbage_collector_is_back_after_every_parse_even_concurrent_ones() -> None:
+    text = (DATA / "good" / "lab.yaml").read_bytes()
+    assert gc.isenabled()
+    threads = [threading.Thread(target=load_without_collector, args=(text, "t")) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with pytest.raises(ConfigInvalid):
+        load_without_collector(b"deviceMapping: 5\n", "bad")
+    assert gc.isenabled()
+
+
+def test_the_collector_is_off_during_a_parse_and_stays_off_if_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spookd.sources import parsing
+
+    seen: list[bool] = []
+
+    def spy(data: bytes, source: str) -> None:
+        seen.append(gc.isenabled())
+
+    monkeypatch.setattr(parsing, "load_config", spy)
+    load_without_collector(b"", "x")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load_without_collector(b"", "x")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert seen == [False, False]
+
+
+def test_parse_turns_bytes_into_an_accepted_or_rejected_version() -> None:
+    async def main() -> tuple[object, object]:
+        good = await parse((DATA / "good" / "lab.yaml").read_bytes(), "lab.yaml")
+        bad = await parse(b"deviceMapping: 5\n", "bad.yaml")
+        return good, bad
+
+    good, bad = anyio.run(main)
+    assert isinstance(good, Accepted)
+    assert good.source == "lab.yaml"
+    assert sorted(good.config.for_node("lab1-host1")) == [
+        "skao.int/oscilloscope",
+        "skao.int/signal-generator",
+    ]
+    assert isinstance(bad, Rejected)
+    assert [str(e) for e in bad.errors] == [
+        "bad.yaml:1:16: deviceMapping: expected a list of mappings, got a number"
+    ]
+
+
+PURE_CORE = [
+    "spookd/config",
+    "spookd/naming.py",
+    "spookd/reconcile.py",
+    "spookd/allocation.py",
+    "spookd/health.py",
+]
+NOT_IN_THE_CORE = {"threading", "gc", "loguru", "asyncio", "anyio", "socket", "os", "subprocess", "pathlib"}
+
+
+def test_the_pure_core_imports_no_threads_gc_switch_logging_or_io() -> None:
+    found: dict[str, set[str]] = {}
+    files = [
+        p
+        for entry in PURE_CORE
+        for p in ([ROOT / entry] if entry.endswith(".py") else sorted((ROOT / entry).rglob("*.py")))
+    ]
+    assert len(files) >= 14
+    assert ROOT / "spookd/naming.py" in files
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            bad = {n.split(".")[0] for n in names} & NOT_IN_THE_CORE
+            if bad:
+                found.setdefault(str(path.relative_to(ROOT)), set()).update(bad)
+    assert not found, found
