@@ -319,3 +319,20 @@ async def test_stale_and_foreign_files_in_the_socket_place_are_replaced(plugin_d
         await spookd.push(accepted(WALKTHROUGH))
         await kubelet.wait_for(lambda: len(kubelet.capacity()) == 2)
         assert (plugin_dir / "spookd-examplecom_widget.sock").is_socket()
+
+
+async def test_a_directory_change_seen_before_binding_does_not_rebind(plugin_dir: Path) -> None:
+    # The watch tells every server about every change of the directory; a server that
+    # had not bound yet must judge the files as they are when it looks, not as they
+    # were when the change happened (two servers starting together rebound each other).
+    from spookd.config.model import Device
+    from spookd.deviceplugin.server import ResourceServer
+
+    server = ResourceServer("example.com/widget", [Device("example.com/widget", "1")], plugin_dir, "w.sock")
+    server.check_files()  # before the socket exists
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.run)
+        await anyio.sleep(0.3)  # no kubelet.sock: registration fails and waits
+        assert server.registration.epoch == 1, "the server rebound on a stale look at the directory"
+        assert (plugin_dir / "w.sock").is_socket()
+        tg.cancel_scope.cancel()

@@ -97,6 +97,8 @@ class ResourceServer:
         self._claims = claims
         self._on_registration_failing = on_registration_failing
         self._inbox: deque[reg.Event] = deque()
+        #: the plugin directory changed since the files were last looked at
+        self._files_changed = False
         self._arrived = asyncio.Event()
         self._server: grpclib.server.Server | None = None
         self._bound: tuple[Path, FileIdentity | None] | None = None
@@ -146,7 +148,8 @@ class ResourceServer:
 
     def check_files(self) -> None:
         """The plugin directory changed: compare the socket and kubelet.sock with what was seen."""
-        self._tell(reg.FilesSeen(file_identity(self.socket_path), file_identity(self.kubelet_socket)))
+        self._files_changed = True
+        self._arrived.set()
 
     # -- the shell ---------------------------------------------------------
 
@@ -158,13 +161,18 @@ class ResourceServer:
         self._tell(reg.StreamChanged(stream.epoch, opened))
 
     async def _next_event(self, deadline: float | None) -> reg.Event:
-        while not self._inbox:
+        while not self._inbox and not self._files_changed:
             self._arrived.clear()
             with anyio.move_on_at(math.inf if deadline is None else deadline) as waited:
                 await self._arrived.wait()
             if waited.cancelled_caught:
                 return reg.TimerFired()
-        return self._inbox.popleft()
+        if self._inbox:
+            return self._inbox.popleft()
+        # The files are read now, not when the directory changed: a change seen
+        # before a rebind must not be judged against the socket bound since.
+        self._files_changed = False
+        return reg.FilesSeen(file_identity(self.socket_path), file_identity(self.kubelet_socket))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve and stay registered until cancelled; then end streams and remove the socket."""
