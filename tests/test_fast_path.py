@@ -224,3 +224,29 @@ def test_generated_valid_configurations_take_the_fast_path(
         [(h, [(r, f'"{i}"', {"IP": "10.0.0.1", "PORT": "80"}) for r, i in d]) for h, d in mappings], False
     )
     assert _same(text) is not None
+
+
+MUTATED = [
+    _device(env="{IP: 10.0.0.1, PORT: 80, NAME: 'a b'}"),
+    "exclusive: true\ndeviceMapping:\n- hosts:\n  - a\n  devices:\n  - resourceName: e.com/w\n"
+    '    instanceID: "0001"\n    env:\n      K: v\n      N: 5\n',
+]
+PIECES = [*":-?#'\"{}[], \n|>&*@`%!.~0_xX", ": ", "- ", "\n  ", "''", '""', "0x", "1_0"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(MUTATED),
+    st.lists(
+        st.tuples(st.integers(0, 10_000), st.integers(0, 2), st.sampled_from(PIECES)), min_size=1, max_size=3
+    ),
+)
+def test_mutated_configurations_give_the_reference_result(
+    base: str, edits: list[tuple[int, int, str]]
+) -> None:
+    """Small syntax edits (indicators, quotes, indentation) must never make the paths disagree."""
+    text = base
+    for where, how, piece in edits:
+        i = where % len(text)
+        text = (text[:i] + piece + text[i:], text[:i] + text[i + 1 :], text[:i] + piece + text[i + 1 :])[how]
+    _same(text)

@@ -21,9 +21,10 @@ difference is caught (tests/test_fast_path.py pins every one against both parser
   the YAML 1.1 line breaks and characters ruamel refuses: the text is searched for
   them first;
 - duplicate keys: yaml-rs refuses them like the validator does;
-- `:` inside a plain scalar in a flow collection (``{V: 12:30}``): YAML 1.2 allows
-  it, libyaml (ruamel.yaml's parser) does not; a string with `:` in a text with
-  flow collections goes to the reference.
+- plain scalars libyaml (ruamel.yaml's parser) refuses and YAML 1.2 allows: `:`,
+  `?` or `#` inside a plain scalar in a flow collection (``{V: 12:30}``, ``{V: a?}``),
+  or a leading indicator (``{V: >1}``): such strings go to the reference;
+- block scalars (``|``, ``>``), whose indentation rules the two read differently.
 
 Only the fields of SPEC §1 (hosts, resourceName, instanceID, env, exclusive) take
 the fast path; a device with any SPEC §10 field goes to the reference.
@@ -47,8 +48,12 @@ from spookd.config.rules import (
 from spookd.config.yamlnodes import is_typed_plain
 
 #: Characters that send a configuration to the reference: tags, directives,
-#: escapes, tabs and odd line breaks, and what ruamel.yaml's reader refuses.
-_UNSAFE_CHARS = "!%\\\t\r\x85\u2028\u2029\ufeff"
+#: escapes, block scalars, tabs and odd line breaks, and what ruamel.yaml's reader refuses.
+_UNSAFE_CHARS = "!%\\|>\t\r\x85\u2028\u2029\ufeff"
+#: A string starting with an indicator may be a plain scalar libyaml refuses and YAML 1.2 allows.
+_INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
+#: The same for these characters inside a plain scalar in a flow collection ({V: a?b}).
+_FLOW_DOUBTS = (":", "?", "#")
 #: In ASCII text, every byte but these (printable, and the line feed) does.
 _SAFE_ASCII = bytes(c for c in range(0x20, 0x7F) if chr(c) not in _UNSAFE_CHARS) + b"\n"
 #: Pieces of text that do: merge keys; the integer forms yaml-rs reads but ruamel.yaml
@@ -120,7 +125,11 @@ class _Walk:
         self.env_keys: dict[str, bool] = {}
 
     def string(self, value: Any) -> str:
-        if type(value) is not str or (self.flow and ":" in value):
+        if (
+            type(value) is not str
+            or value[:1] in _INDICATORS
+            or (self.flow and any(c in value for c in _FLOW_DOUBTS))
+        ):
             raise _Doubt
         # A plain scalar holds no line break and no space at its ends.
         if is_typed_plain(value) and "\n" not in value and value == value.strip():
