@@ -174,7 +174,7 @@ class _Walk:
         # resourceName and instanceID, and env if present: anything else is an unknown key.
         if type(data) is not dict or len(data) != 2 + ("env" in data):
             raise _Doubt
-        resource = data.get("resourceName")
+        resource: Any = data.get("resourceName")
         if type(resource) is not str or resource not in self.resources:
             if extended_resource_name_problem(self.string(resource)) is not None:
                 raise _Doubt
