@@ -250,3 +250,13 @@ def test_mutated_configurations_give_the_reference_result(
         i = where % len(text)
         text = (text[:i] + piece + text[i:], text[:i] + text[i + 1 :], text[:i] + piece + text[i + 1 :])[how]
     _same(text)
+
+
+def test_every_ruamel_resolver_is_keyed_by_a_first_character() -> None:
+    """TYPED_PLAIN (what the fast path asks of each string) relies on it."""
+    from spookd.config.yamlnodes import _ANY_FIRST, TYPED_PLAIN, is_typed_plain, plain_tag
+
+    assert not _ANY_FIRST
+    for scalar in TRICKY:
+        assert is_typed_plain(scalar) == (plain_tag(scalar) != STR), scalar
+    assert set(TYPED_PLAIN) >= set("0123456789-+.~nNtTfF")
