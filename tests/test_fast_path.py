@@ -136,8 +136,24 @@ def test_quoted_numbers_take_the_fast_path_and_plain_ones_are_refused_by_the_ref
         _device(env='{IP: "a\\tb"}'),  # an escape
         _device(env="{IP: x}").replace("\n", "\r\n"),
         "%YAML 1.1\n---\n" + _device(env="{ON: yes}"),
+        _device(env='{"A"\n  : b}'),  # an implicit key over two lines: libyaml refuses it
+        _device(env="{V: a?b}"),  # `?` in a flow plain scalar: libyaml refuses it
+        _device(env="{V: >1}"),  # a leading indicator in flow: libyaml refuses it
+        _device(env="{V: 12:30}"),  # `:` in a flow plain scalar: libyaml refuses it
     ],
-    ids=["duplicate", "documents", "tag", "merge", "escape", "crlf", "directive"],
+    ids=[
+        "duplicate",
+        "documents",
+        "tag",
+        "merge",
+        "escape",
+        "crlf",
+        "directive",
+        "split-key",
+        "flow-question",
+        "flow-indicator",
+        "flow-colon",
+    ],  # fmt: skip
 )
 def test_what_the_fast_path_cannot_vouch_for_goes_to_the_reference(text: str) -> None:
     assert _same(text) is None

@@ -52,14 +52,16 @@ from spookd.config.yamlnodes import TYPED_PLAIN
 _UNSAFE_CHARS = "!%\\|>\t\r\x85\u2028\u2029\ufeff"
 #: Pieces of text that do: merge keys; the integer forms yaml-rs reads but ruamel.yaml
 #: does not (0X1F, 0O17, 0B1, and plain scalars starting with `_`); document markers;
-#: a line starting with `:` (libyaml wants an implicit key on one line).
-_UNSAFE_PIECES = ("<<", "0X", "0O", "0B", *(c + "_" for c in " \n[{,:?"), "\n---", "\n...", "\n:")
+#: a `:` after a space or line break (libyaml wants an implicit key on one line).
+_UNSAFE_PIECES = (
+    "<<", "0X", "0O", "0B", *(c + "_" for c in " \n[{,:?"), "\n---", "\n...", "\n:", " :",
+)  # fmt: skip
 _UNSAFE_START = ("_", "---", "...", ":")
 #: For ASCII text the same in one pass over bytes: every byte but these is unsafe...
 _SAFE_ASCII = bytes(c for c in range(0x20, 0x7F) if chr(c) not in _UNSAFE_CHARS) + b"\n"
-#: ...and after mapping separators to 1 and X, O, B to 2, so are these pieces.
-_FOLD = bytes.maketrans(b" \n[{,:?XOB", b"\x01" * 7 + b"\x02" * 3)
-_UNSAFE_FOLDED = (b"<<", b"0\x02", b"\x01_", b"\x01---", b"\x01...", b"\x01:")
+#: ...and after mapping separators to 1, X, O and B to 2 and `:` to 3, so are these pieces.
+_FOLD = bytes.maketrans(b" \n[{,?XOB:", b"\x01" * 6 + b"\x02" * 3 + b"\x03")
+_UNSAFE_FOLDED = (b"<<", b"0\x02", b"\x01_", b"\x03_", b"\x01---", b"\x01...", b"\x01\x03")
 #: A string starting with an indicator may be a plain scalar libyaml refuses and YAML 1.2 allows.
 _INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
 _TOP_KEYS = frozenset({"deviceMapping", "exclusive"})
