@@ -153,7 +153,7 @@ def test_quoted_numbers_take_the_fast_path_and_plain_ones_are_refused_by_the_ref
         "flow-question",
         "flow-indicator",
         "flow-colon",
-    ],  # fmt: skip
+    ],
 )
 def test_what_the_fast_path_cannot_vouch_for_goes_to_the_reference(text: str) -> None:
     assert _same(text) is None
