@@ -165,12 +165,12 @@ REMEDIES = {
         "take the per-device type checks into C."
     ),
     "lag": (
-        "**What would close the gap.** yaml-rs builds the Python objects of the whole document in one "
-        "call that holds the GIL from start to end (its own stall figure above), so no switch interval "
-        "lets the event loop in. The ruamel.yaml reference stalls less because its composer returns to "
-        "Python between events. A parser that releases the GIL while it parses (fastyaml-rs does, but "
-        "it silently keeps the last of duplicate keys, see docs/design.md) or a parse in a separate "
-        "process would remove it."
+        "**What would close the gap.** yaml-rs parses and builds the Python objects of the whole "
+        "document in one call that holds the GIL from start to end (its own stall figure above), so no "
+        "switch interval lets the event loop in during that call; the walk after it is Python and "
+        "yields every 5 ms. A stall of at most 5 ms needs a parser that releases the GIL while it "
+        "parses and gives identical results (none of the candidates in docs/design.md does both), or "
+        "the parse in a separate process with the validated configuration sent back."
     ),
     "memory-configmap": (
         "**What would close the gap.** Everything above the floor is Spookd's own imports (table above) "
