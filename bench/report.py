@@ -157,21 +157,20 @@ REMEDIES = {
         "pre-encoded response headers/trailers) or move the socket to grpcio's C-core aio server."
     ),
     "parse": (
-        "**What would close the gap.** Two causes. (1) The cyclic garbage collector: composing ~110 000 "
-        "ruamel nodes triggers several full collections, each walking the whole heap while holding the "
-        "GIL; this roughly doubles the parse time and is what stalls the event loop for 100+ ms (the "
-        "worker thread keeps the GIL through a collection). `gc.freeze()` after start-up plus "
-        "`gc.disable()`/`gc.enable()` around the compose (or a raised gen-0 threshold during it) "
-        "removes both. (2) Composing the node tree (libyaml events turned into Python node objects and "
-        "resolved) dominates the rest, as the profile shows; the validator's own share is small. "
-        "≤ 150 ms needs a faster tree: rapidyaml (9 ms tree) or yaml-rs (42 ms) as the hot path, kept "
-        "only where it gives identical results on the config test corpus, with ruamel re-run on rejected "
-        "input for error positions (SPEC §9 allows this; justify in docs/)."
+        "**What would close the gap.** The fast path (`spookd/config/fast.py`) already replaces the "
+        "ruamel.yaml node tree with yaml-rs for configurations it can vouch for; what remains is "
+        "yaml-rs's own parse (its figure above) and the walk over its plain data (the profile). The walk "
+        "is plain Python per device (a few dict lookups, one regular expression for the instance ID, one "
+        "Device struct, the identity index); a schema-driven `msgspec.convert` of the structure would "
+        "take the per-device type checks into C."
     ),
     "lag": (
-        "**What would close the gap.** See the parse profile: the long stalls are full GC collections in "
-        "the worker thread (they cannot be interrupted by the GIL switch interval). With the GC held off "
-        "during the compose, the remaining stalls are the ruamel C composer's runs between Python calls."
+        "**What would close the gap.** yaml-rs parses and builds the Python objects of the whole "
+        "document in one call that holds the GIL from start to end (its own stall figure above), so no "
+        "switch interval lets the event loop in during that call; the walk after it is Python and "
+        "yields every 5 ms. A stall of at most 5 ms needs a parser that releases the GIL while it "
+        "parses and gives identical results (none of the candidates in docs/design.md does both), or "
+        "the parse in a separate process with the validated configuration sent back."
     ),
     "memory-configmap": (
         "**What would close the gap.** Everything above the floor is Spookd's own imports (table above) "
@@ -245,7 +244,7 @@ def profile_misses(figures: list[Figure], *, quick: bool) -> list[tuple[str, str
         top = parse.profile_top(parse.big_config(10_000))
         effect = parse.gc_effect(reps=1 if quick else 3)
         return (
-            "cProfile of one `load_config` of the 10 000-device config, by own time:\n\n"
+            "cProfile of one parse of the 10 000-device config as the sources run it, by own time:\n\n"
             f"```\n{top}\n```\n\nThe garbage collector's share: {effect.text}.\n\n" + _parse_remedy(effect)
         )
 
@@ -294,18 +293,7 @@ def _allocate_remedy() -> str:
 
 
 def _parse_remedy(effect: Any) -> str:
-    if effect.gc_share >= 0.15:
-        return REMEDIES["parse"]
-    return (
-        "**What would close the gap.** The collector is already kept out of the parse (its share above "
-        "is small), so what remains is the work itself: composing the node tree (libyaml events turned "
-        "into Python node objects and resolved) dominates, as the profile shows, and the validator's "
-        "own share is smaller. ≤ 150 ms needs a faster tree: rapidyaml (9 ms tree) or yaml-rs (42 ms) "
-        "as the hot path, kept only where it gives identical results on the config test corpus, with "
-        "ruamel re-run on rejected input for error positions (SPEC §9 allows this; justify in docs/). "
-        "The remaining loop stall is the GIL held through the C composer's stretches between Python "
-        "calls; a subprocess parse (or a parser that releases the GIL) would remove it."
-    )
+    return REMEDIES["parse"] + "\n\n" + REMEDIES["lag"]
 
 
 def _growth_analysis(figure: Figure) -> str:
@@ -381,8 +369,7 @@ def markdown(
     out += [
         "Median over the repetitions; the spread is min–max over the same repetitions. A figure passes "
         "when its median meets the target (and, for Allocate p50, when its ratio to the Go reference is "
-        "at most 3). ¹ SPEC §9 asks for the parse to run “off the event loop” without a number; we read "
-        "it as no stall of the loop longer than 10 ms (two of the interpreter's 5 ms GIL switch intervals).",
+        "at most 3).",
         "",
         "Notes per figure:",
         "",
@@ -468,7 +455,9 @@ METHOD = """
   and updates another) and waits for each `config applied` log line before the next write, so every
   reload is applied. The ConfigMap figure subtracts the VmRSS of
   `python -c "import kubernetes_asyncio.client"`.
-- **parse + validate**: `spookd.config.load_config` in-process on block-style YAML (10 resources, two env
-  keys per device, ~114 bytes per device). The loop stall is the worst lateness of a 1 ms ticker on a
-  uvloop event loop while `spookd.sources.file.parse` runs the same parse in a worker thread.
+- **parse + validate**: `spookd.sources.parsing.load_without_collector` (what both sources run: the
+  fast path, else the ruamel.yaml reference) in-process on block-style YAML (10 resources, two env keys
+  per device, ~114 bytes per device); beside it the reference alone (the figure before the fast path)
+  and yaml-rs alone. The loop stall is the worst lateness of a 1 ms ticker on a uvloop event loop while
+  `spookd.sources.parsing.parse` (or the named parse) runs in a worker thread.
 """

@@ -136,8 +136,24 @@ def test_quoted_numbers_take_the_fast_path_and_plain_ones_are_refused_by_the_ref
         _device(env='{IP: "a\\tb"}'),  # an escape
         _device(env="{IP: x}").replace("\n", "\r\n"),
         "%YAML 1.1\n---\n" + _device(env="{ON: yes}"),
+        _device(env='{"A"\n  : b}'),  # an implicit key over two lines: libyaml refuses it
+        _device(env="{V: a?b}"),  # `?` in a flow plain scalar: libyaml refuses it
+        _device(env="{V: >1}"),  # a leading indicator in flow: libyaml refuses it
+        _device(env="{V: 12:30}"),  # `:` in a flow plain scalar: libyaml refuses it
     ],
-    ids=["duplicate", "documents", "tag", "merge", "escape", "crlf", "directive"],
+    ids=[
+        "duplicate",
+        "documents",
+        "tag",
+        "merge",
+        "escape",
+        "crlf",
+        "directive",
+        "split-key",
+        "flow-question",
+        "flow-indicator",
+        "flow-colon",
+    ],
 )
 def test_what_the_fast_path_cannot_vouch_for_goes_to_the_reference(text: str) -> None:
     assert _same(text) is None
@@ -224,3 +240,39 @@ def test_generated_valid_configurations_take_the_fast_path(
         [(h, [(r, f'"{i}"', {"IP": "10.0.0.1", "PORT": "80"}) for r, i in d]) for h, d in mappings], False
     )
     assert _same(text) is not None
+
+
+MUTATED = [
+    _device(env="{IP: 10.0.0.1, PORT: 80, NAME: 'a b'}"),
+    "exclusive: true\ndeviceMapping:\n- hosts:\n  - a\n  devices:\n  - resourceName: e.com/w\n"
+    '    instanceID: "0001"\n    env:\n      K: v\n      N: 5\n',
+]
+PIECES = [*":-?#'\"{}[], \n|>&*@`%!.~0_xX", ": ", "- ", "\n  ", "''", '""', "0x", "1_0"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(MUTATED),
+    st.lists(
+        st.tuples(st.integers(0, 10_000), st.integers(0, 2), st.sampled_from(PIECES)), min_size=1, max_size=3
+    ),
+)
+def test_mutated_configurations_give_the_reference_result(
+    base: str, edits: list[tuple[int, int, str]]
+) -> None:
+    """Small syntax edits (indicators, quotes, indentation) must never make the paths disagree."""
+    text = base
+    for where, how, piece in edits:
+        i = where % len(text)
+        text = (text[:i] + piece + text[i:], text[:i] + text[i + 1 :], text[:i] + piece + text[i + 1 :])[how]
+    _same(text)
+
+
+def test_every_ruamel_resolver_is_keyed_by_a_first_character() -> None:
+    """TYPED_PLAIN (what the fast path asks of each string) relies on it."""
+    from spookd.config.yamlnodes import _ANY_FIRST, TYPED_PLAIN, is_typed_plain, plain_tag
+
+    assert not _ANY_FIRST
+    for scalar in TRICKY:
+        assert is_typed_plain(scalar) == (plain_tag(scalar) != STR), scalar
+    assert set(TYPED_PLAIN) >= set("0123456789-+.~nNtTfF")

@@ -21,9 +21,10 @@ difference is caught (tests/test_fast_path.py pins every one against both parser
   the YAML 1.1 line breaks and characters ruamel refuses: the text is searched for
   them first;
 - duplicate keys: yaml-rs refuses them like the validator does;
-- `:` inside a plain scalar in a flow collection (``{V: 12:30}``): YAML 1.2 allows
-  it, libyaml (ruamel.yaml's parser) does not; a string with `:` in a text with
-  flow collections goes to the reference.
+- plain scalars libyaml (ruamel.yaml's parser) refuses and YAML 1.2 allows: `:`,
+  `?` or `#` inside a plain scalar in a flow collection (``{V: 12:30}``, ``{V: a?}``),
+  or a leading indicator (``{V: >1}``): such strings go to the reference;
+- block scalars (``|``, ``>``), whose indentation rules the two read differently.
 
 Only the fields of SPEC §1 (hosts, resourceName, instanceID, env, exclusive) take
 the fast path; a device with any SPEC §10 field goes to the reference.
@@ -44,20 +45,27 @@ from spookd.config.rules import (
     instance_id_problem,
     node_name_ok,
 )
-from spookd.config.yamlnodes import is_typed_plain
+from spookd.config.yamlnodes import TYPED_PLAIN
 
 #: Characters that send a configuration to the reference: tags, directives,
-#: escapes, tabs and odd line breaks, and what ruamel.yaml's reader refuses.
-_UNSAFE_CHARS = "!%\\\t\r\x85\u2028\u2029\ufeff"
-#: In ASCII text, every byte but these (printable, and the line feed) does.
-_SAFE_ASCII = bytes(c for c in range(0x20, 0x7F) if chr(c) not in _UNSAFE_CHARS) + b"\n"
+#: escapes, block scalars, tabs and odd line breaks, and what ruamel.yaml's reader refuses.
+_UNSAFE_CHARS = "!%\\|>\t\r\x85\u2028\u2029\ufeff"
 #: Pieces of text that do: merge keys; the integer forms yaml-rs reads but ruamel.yaml
-#: does not (0X1F, 0O17, 0B1, and plain scalars starting with `_`); document markers.
-_UNSAFE_PIECES = ("<<", "0X", "0O", "0B", *(c + "_" for c in " \n[{,:?"), "\n---", "\n...")
-_UNSAFE_START = ("_", "---", "...")
+#: does not (0X1F, 0O17, 0B1, and plain scalars starting with `_`); document markers;
+#: a `:` after a space or line break (libyaml wants an implicit key on one line).
+_UNSAFE_PIECES = (
+    "<<", "0X", "0O", "0B", *(c + "_" for c in " \n[{,:?"), "\n---", "\n...", "\n:", " :",
+)  # fmt: skip
+_UNSAFE_START = ("_", "---", "...", ":")
+#: For ASCII text the same in one pass over bytes: every byte but these is unsafe...
+_SAFE_ASCII = bytes(c for c in range(0x20, 0x7F) if chr(c) not in _UNSAFE_CHARS) + b"\n"
+#: ...and after mapping separators to 1, X, O and B to 2 and `:` to 3, so are these pieces.
+_FOLD = bytes.maketrans(b" \n[{,?XOB:", b"\x01" * 6 + b"\x02" * 3 + b"\x03")
+_UNSAFE_FOLDED = (b"<<", b"0\x02", b"\x01_", b"\x03_", b"\x01---", b"\x01...", b"\x01\x03")
+#: A string starting with an indicator may be a plain scalar libyaml refuses and YAML 1.2 allows.
+_INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
 _TOP_KEYS = frozenset({"deviceMapping", "exclusive"})
 _MAPPING_KEYS = {"hosts": None, "devices": None}.keys()
-_DEVICE_KEYS = frozenset({"resourceName", "instanceID", "env"})
 
 
 def load_fast(text: str) -> Config | None:
@@ -79,12 +87,17 @@ def load_fast(text: str) -> Config | None:
 
 
 def _safe(text: str) -> bool:
-    if text.isascii():
-        if text.encode("ascii").translate(None, _SAFE_ASCII):
-            return False
-    elif any(c in text for c in _UNSAFE_CHARS) or Reader.NON_PRINTABLE.search(text):
+    if text.startswith(_UNSAFE_START):
         return False
-    return not text.startswith(_UNSAFE_START) and not any(piece in text for piece in _UNSAFE_PIECES)
+    if text.isascii():
+        raw = text.encode("ascii")
+        if raw.translate(None, _SAFE_ASCII):
+            return False
+        folded = raw.translate(_FOLD)
+        return not any(piece in folded for piece in _UNSAFE_FOLDED)
+    if any(c in text for c in _UNSAFE_CHARS) or Reader.NON_PRINTABLE.search(text):
+        return False
+    return not any(piece in text for piece in _UNSAFE_PIECES)
 
 
 def _typed_when_plain(values: set[str]) -> bool:
@@ -105,25 +118,31 @@ class _Doubt(Exception):
 class _Walk:
     """SPEC §1 over yaml-rs's plain data; any doubt raises _Doubt.
 
-    Checks are inlined and repeated values (resource names, env keys) judged once:
-    this walk is the larger part of the fast path's time.
+    Repeated values (resource names, sets of env keys) are judged once, and the
+    per-string checks are inlined: this walk is the larger part of the fast path's time.
     """
 
     def __init__(self, *, flow: bool) -> None:
-        #: libyaml (ruamel.yaml's parser) refuses `:` in a plain scalar inside a flow
-        #: collection ({V: 12:30}); YAML 1.2 and yaml-rs allow it.
+        #: libyaml (ruamel.yaml's parser) refuses `:`, `?` and `#` in a plain scalar
+        #: inside a flow collection ({V: 12:30}); YAML 1.2 and yaml-rs allow them.
         self.flow = flow
         self.index: DeviceIndex[None] = DeviceIndex()
         #: Strings that ruamel.yaml would type if they had been written plain.
         self.maybe_plain: set[str] = set()
-        self.resources: dict[str, bool] = {}
-        self.env_keys: dict[str, bool] = {}
+        self.resources: set[str] = set()
+        #: Env key tuples, in the order written, already judged: their sorted order.
+        self.env_shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def string(self, value: Any) -> str:
-        if type(value) is not str or (self.flow and ":" in value):
+        if (
+            type(value) is not str
+            or value[:1] in _INDICATORS
+            or (self.flow and (":" in value or "?" in value or "#" in value))
+        ):
             raise _Doubt
+        typed = TYPED_PLAIN.get(value[:1])
         # A plain scalar holds no line break and no space at its ends.
-        if is_typed_plain(value) and "\n" not in value and value == value.strip():
+        if typed is not None and typed.match(value) and "\n" not in value and value == value.strip():
             self.maybe_plain.add(value)
         return value
 
@@ -154,15 +173,16 @@ class _Walk:
         return DeviceMapping(hosts=tuple(names), devices=tuple(self.device(d) for d in devices))
 
     def device(self, data: Any) -> Device:
-        if type(data) is not dict or not data.keys() <= _DEVICE_KEYS:
+        # resourceName and instanceID, and env if present: anything else is an unknown key.
+        if type(data) is not dict or len(data) != 2 + ("env" in data):
             raise _Doubt
-        resource: Any = data.get("resourceName")  # checked below, once per distinct name
-        known = self.resources.get(resource) if type(resource) is str else None
-        if known is None:
-            resource = self.string(resource)
-            known = self.resources[resource] = extended_resource_name_problem(resource) is None
+        resource: Any = data.get("resourceName")
+        if type(resource) is not str or resource not in self.resources:
+            if extended_resource_name_problem(self.string(resource)) is not None:
+                raise _Doubt
+            self.resources.add(resource)
         instance = self.string(data.get("instanceID"))
-        if not known or instance_id_problem(instance) is not None:
+        if instance_id_problem(instance) is not None:
             raise _Doubt
         env = data.get("env")
         device = Device(resource, instance, self.env(env) if env is not None else ())
@@ -173,19 +193,16 @@ class _Walk:
     def env(self, data: Any) -> tuple[tuple[str, str], ...]:
         if type(data) is not dict:
             raise _Doubt
+        shape = tuple(data)
+        order = self.env_shapes.get(shape)
+        if order is None:
+            for key in shape:
+                if env_key_problem(self.string(key)) is not None:
+                    raise _Doubt
+            order = self.env_shapes[shape] = tuple(sorted(shape))
+        # The text has no NUL and no escapes, so no value can hold one.
         env = []
-        known = self.env_keys
-        for key, value in data.items():
-            ok = known.get(key) if type(key) is str else None
-            if ok is None:
-                ok = known[key] = env_key_problem(self.string(key)) is None
-            if not ok:
-                raise _Doubt
-            if type(value) is int:
-                env.append((key, str(value)))
-            elif "\x00" in self.string(value):
-                raise _Doubt
-            else:
-                env.append((key, value))
-        env.sort()
+        for key in order:
+            value = data[key]
+            env.append((key, str(value) if type(value) is int else self.string(value)))
         return tuple(env)
