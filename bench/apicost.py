@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +36,8 @@ from bench.common import ROOT, Figure, Target, short_dir, wait_until
 from spookd._proto import v1 as podresources
 
 OSC = "skao.int/oscilloscope"
+#: Nodes per lab in the lab topology.
+LAB = 4
 NAMESPACE = "bench-leases"
 T = TypeVar("T")
 
@@ -240,25 +242,26 @@ def per_node_minute(window: dict[str, Any], nodes: int) -> float:
 
 
 def projection(
-    window: dict[str, Any], nodes: int, holders: int, target_nodes: int, holder_share: float
+    window: dict[str, Any], holders: int, target_nodes: int, target_holders: int, fan_out: int
 ) -> str:
-    """Requests/s and bytes/s at ``target_nodes``.
+    """Requests/s and bytes/s at ``target_nodes`` with ``target_holders`` devices held.
 
-    Requests scale with the holders; watch traffic with holders times nodes.
+    Requests scale with the holders. Every Lease write is sent to every watch that
+    selects it: ``fan_out`` watchers per write at the target (all nodes when every
+    node shares every device; the lab size when devices are shared within labs).
     """
     seconds = float(window["seconds"])
-    target_holders = max(1.0, holder_share * target_nodes) if holder_share < 1 else float(target_nodes)
-    per_holder = float(window["total"]) / max(1, holders) / seconds
+    writes = float(window["total"])
+    per_holder = writes / max(1, holders) / seconds
     request_rate = per_holder * target_holders
-    request_bytes = (float(window["response_bytes"]) / max(1, holders) / seconds) * target_holders
-    # Every node's watch receives every Lease change: events times watchers.
     per_event = float(window["watch_bytes"]) / max(1.0, float(window["watch_events"]))
-    events_per_holder = float(window["watch_events"]) / nodes / max(1, holders) / seconds
-    watch_rate = events_per_holder * target_holders * target_nodes
+    # A write carries the Lease in its body and in its answer: about twice the object.
+    request_bytes = request_rate * 2 * per_event
+    watch_rate = request_rate * fan_out
     return (
-        f"{target_nodes} nodes ({target_holders:.0f} holding): {request_rate:.1f} req/s, "
-        f"{_bytes(request_bytes)}/s in answers; watch fan-out {watch_rate:,.0f} events/s, "
-        f"{_bytes(watch_rate * per_event)}/s"
+        f"{target_nodes} nodes, {target_holders} held: {request_rate:.1f} req/s "
+        f"(~{_bytes(request_bytes)}/s of bodies), watch {watch_rate:,.0f} events/s "
+        f"({_bytes(watch_rate * per_event)}/s)"
     )
 
 
@@ -268,6 +271,19 @@ def _bytes(value: float) -> str:
             return f"{value:.1f} {unit}" if unit != "B" else f"{value:.0f} B"
         value /= 1024
     return f"{value:.1f} GiB"
+
+
+def lab_config(nodes: list[str], lab: int) -> str:
+    """Devices shared within labs of ``lab`` nodes: node i may hold devices of its own lab only."""
+    mappings = []
+    for start in range(0, len(nodes), lab):
+        hosts = ", ".join(nodes[start : start + lab])
+        devices = "".join(
+            f'      - {{resourceName: {OSC}, instanceID: "{i:04d}", env: {{IP: 10.1.0.{i}}}}}\n'
+            for i in range(start, min(start + lab, len(nodes)))
+        )
+        mappings.append(f"  - hosts: [{hosts}]\n    devices:\n{devices}")
+    return "exclusive: true\ndeviceMapping:\n" + "".join(mappings)
 
 
 def measure(
@@ -370,6 +386,32 @@ def measure(
         churn = window.close()
         churn["claims"] = taken
         churn["refused"] = refused
+        for i, (device, _) in list(holding.items()):
+            stand_ins.free(i, device)
+
+        # Idle in labs: devices shared by groups of LAB nodes, every node holding one.
+        wait_until(
+            lambda: all(v == "Healthy" for i in range(nodes) for v in stand_ins.health(i).values()),
+            timeout=60,
+            what="every churn claim released",
+        )
+        text = lab_config(names, LAB)
+        for workdir in workdirs:
+            tmp = workdir / "c" / "config.tmp"
+            tmp.write_text(text)
+            tmp.replace(workdir / "c" / "config.yaml")
+        wait_until(
+            lambda: all(len(stand_ins.health(i)) == min(LAB, nodes - i // LAB * LAB) for i in range(nodes)),
+            timeout=60,
+            what="lab configuration served",
+        )
+        time.sleep(3)
+        for i in range(nodes):
+            assert stand_ins.allocate(i, f"{i:04d}"), f"{names[i]} was refused its lab's free device"
+        time.sleep(3)
+        window = Window(api, baseline, baseline_seconds)
+        time.sleep(idle_seconds)
+        idle_labs = window.close()
     finally:
         for process in processes:
             process.terminate()
@@ -384,7 +426,9 @@ def measure(
         for path in [workroot, *workdirs]:
             shutil.rmtree(path, ignore_errors=True)
 
-    def note(window: dict[str, Any], holders: int, share: float) -> str:
+    def note(
+        window: dict[str, Any], holders: int, held: Callable[[int], int], fan_out: Callable[[int], int]
+    ) -> str:
         return (
             f"{nodes} Spookd processes, kubelet stand-in (tests/kubelet_double.py "
             "and a PodResources List server), "
@@ -392,7 +436,7 @@ def measure(
             f"{json.dumps(window['requests'])}; {window['watches']:.0f} WATCH requests "
             f"({window['watch_events']:.0f} Lease watch events, {_bytes(window['watch_bytes'])}); "
             "projection: "
-            + "; ".join(projection(window, nodes, holders, n, share) for n in (1000, 5000))
+            + "; ".join(projection(window, holders, n, held(n), fan_out(n)) for n in (1000, 5000))
         )
 
     target = Target(6.0, "≤ 6 req/node/min")
@@ -402,7 +446,7 @@ def measure(
             "req/node/min",
             [per_node_minute(idle_one, nodes)],
             target=target,
-            note=note(idle_one, 1, 1 / nodes),
+            note=note(idle_one, 1, lambda n: 1, lambda n: n),
             extra={"window": idle_one},
         ),
         Figure(
@@ -410,16 +454,24 @@ def measure(
             "req/node/min",
             [per_node_minute(idle_all, nodes)],
             target=target,
-            note=note(idle_all, nodes, 1.0),
+            note=note(idle_all, nodes, lambda n: n, lambda n: n),
             extra={"window": idle_all},
         ),
         Figure(
             f"API requests per node per minute, churn ({nodes} nodes)",
             "req/node/min",
             [per_node_minute(churn, nodes)],
-            note=note(churn, nodes, 1.0)
+            note=note(churn, nodes, lambda n: n, lambda n: n)
             + f"; {churn['claims']} claims taken, {churn['refused']} tries refused or without a free device",
             extra={"window": churn},
+        ),
+        Figure(
+            f"API requests per node per minute, idle, labs of {LAB} sharing, every node holding 1 device",
+            "req/node/min",
+            [per_node_minute(idle_labs, nodes)],
+            target=target,
+            note=note(idle_labs, nodes, lambda n: n, lambda n: LAB),
+            extra={"window": idle_labs},
         ),
     ]
     return figures
