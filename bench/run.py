@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import report
 from bench.common import ROOT, Figure
 
-GROUPS = ("allocate", "change", "configmap", "startup", "restart", "parse", "memory")
+GROUPS = ("allocate", "change", "configmap", "startup", "restart", "parse", "memory", "apicost")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         reloads = args.reloads or (1000 if quick else 10_000)
         return node.memory_file(reloads, samples_every=max(1, reloads // 20))
 
+    def apicost_group() -> list[Figure]:
+        from bench import apicost
+
+        return apicost.measure(
+            nodes=20, idle_seconds=30 if quick else 90, churn_seconds=30 if quick else 90,
+            baseline_seconds=20 if quick else 45,
+        )  # fmt: skip
+
     guarded("allocate", allocate_group)
     guarded("change", change_group)
     guarded("configmap", configmap_group)
@@ -141,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     guarded("restart", restart_group)
     guarded("parse", parse_group)
     guarded("memory", memory_group)
+    guarded("apicost", apicost_group)
 
     argv = sys.argv[1:]
     previous = 0.0

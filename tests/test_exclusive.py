@@ -23,7 +23,7 @@ from conftest import SpookdProcess
 from support.apiserver import ApiClient, ApiServer
 from support.nodeharness import AdmitResult, NodeHarness, Resources
 
-from spookd.kube.leases import lease_name
+from spookd.kube.leaserecords import lease_name
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.harness]
 

@@ -16,24 +16,30 @@ a Lease is live is judged by observation on this node's monotonic clock
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import anyio
-import grpclib.exceptions
-from grpclib.client import Channel
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from loguru import logger
 
-from spookd._proto import v1 as podresources
 from spookd.claims import ClaimRefused
+from spookd.kube.leaserecords import (
+    DEVICE_LABEL,
+    LABELS,
+    Key,
+    json_lease_record,
+    lease_key,
+    lease_name,
+    lease_record,
+    now_text,
+)
+from spookd.kube.podresources import PodResourcesReader
 from spookd.kube.watch import Changed, Listed, ListWatch
 from spookd.leasing import Holding, LeaseBook, LeaseRecord
 
@@ -43,63 +49,9 @@ CLAIM_GRACE = float(os.environ.get("SPOOKD_CLAIM_GRACE", "5"))
 #: How often the kubelet's PodResources is read and expiries are judged (no API request).
 POLL = float(os.environ.get("SPOOKD_CLAIM_POLL", "0.5"))
 REQUEST_TIMEOUT = 10
-LABELS = {"app.kubernetes.io/managed-by": "spookd"}
 DEFAULT_POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
-Key = tuple[str, str]
 BlockedCallback = Callable[[str, set[str]], None]
-
-
-def lease_name(resource: str, device_id: str) -> str:
-    """A valid, stable object name for a device's Lease."""
-    digest = hashlib.sha256(f"{resource}/{device_id}".encode()).hexdigest()[:20]
-    return f"spookd-{digest}"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _time_text(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value or "")
-
-
-def lease_key(lease: Any) -> Key | None:
-    """(resource, device) a Spookd Lease is about, from its annotations; None if not one of ours."""
-    notes = getattr(lease.metadata, "annotations", None) or {}
-    resource = notes.get("spookd.skao.int/resource")
-    device = notes.get("spookd.skao.int/device")
-    if not isinstance(resource, str) or not isinstance(device, str) or not resource or not device:
-        return None
-    return (resource, device)
-
-
-def lease_record(lease: Any) -> LeaseRecord:
-    """The expiry-relevant part of a kubernetes-asyncio V1Lease."""
-    spec = lease.spec
-    holder = (spec.holder_identity if spec is not None else None) or ""
-    renewed = spec.renew_time or spec.acquire_time if spec is not None else None
-    duration = float((spec.lease_duration_seconds if spec is not None else None) or 0)
-    return LeaseRecord(
-        holder=str(holder),
-        renew_time=_time_text(renewed),
-        duration=duration,
-        resource_version=str(lease.metadata.resource_version or ""),
-    )
-
-
-def json_lease_record(lease: dict[str, Any]) -> LeaseRecord:
-    """The expiry-relevant part of a Lease as JSON (an answer to a write)."""
-    spec = lease.get("spec") or {}
-    renewed = spec.get("renewTime") or spec.get("acquireTime")
-    return LeaseRecord(
-        holder=str(spec.get("holderIdentity") or ""),
-        renew_time=_time_text(datetime.fromisoformat(renewed.replace("Z", "+00:00")) if renewed else None),
-        duration=float(spec.get("leaseDurationSeconds") or 0),
-        resource_version=str(lease["metadata"]["resourceVersion"]),
-    )
 
 
 class LeaseClaims:
@@ -122,6 +74,7 @@ class LeaseClaims:
         self.namespace = namespace
         self.node_name = node_name
         self.pod_resources_socket = pod_resources_socket
+        self.pod_resources = PodResourcesReader(pod_resources_socket, REQUEST_TIMEOUT)
         self.on_blocked = on_blocked
         self.lease_duration = lease_duration
         self.claim_grace = claim_grace
@@ -131,22 +84,14 @@ class LeaseClaims:
         self.held: dict[Key, Holding] = {}
         #: Every Spookd Lease seen by the watch, and since when (this node's monotonic clock).
         self.book = LeaseBook()
-        self.list_watch = ListWatch(
-            client.CoordinationV1Api(api).list_namespaced_lease,
-            namespace,
-            what="Leases",
-            forbidden=(
-                f"not allowed to read the device Leases in namespace {namespace}; give Spookd's "
-                "ServiceAccount get, list, watch, create, update and delete on leases (Helm rbac.exclusive)"
-            ),
-            label_selector="app.kubernetes.io/managed-by=spookd",
-        )
+        #: The watch of the Leases of ``watched`` (None until there are shared devices).
+        self.list_watch: ListWatch | None = None
+        self.watched: frozenset[Key] = frozenset()
         self._synced = anyio.Event()
-        #: Set once the configuration has shared devices: only then are Leases read.
-        self._wanted = anyio.Event()
+        #: Set when the devices to watch differ from those watched.
+        self._rewatch = anyio.Event()
         self._blocked: dict[str, set[str]] = {}
         self._lock = anyio.Lock()
-        self._pod_resources_warned = False
         self._retry_after: dict[Key, float] = {}
 
     # -- what the reconciler and the servers ask --------------------------
@@ -154,9 +99,27 @@ class LeaseClaims:
     def set_shared(self, shared: Iterable[Key]) -> None:
         """The devices of this node that need claims under the current configuration."""
         self.shared = frozenset(shared)
-        if self.shared:
-            self._wanted.set()
+        if self._to_watch() != self.watched:
+            self._rewatch.set()
         self._publish_blocked()
+
+    def _to_watch(self) -> frozenset[Key]:
+        return self.shared | frozenset(self.held)
+
+    def _list_watch(self, keys: frozenset[Key]) -> ListWatch:
+        # Only the Leases of this node's own shared devices: every renewal then reaches
+        # the nodes that share that device, not the whole fleet.
+        hashes = ",".join(sorted(lease_name(*key).removeprefix("spookd-") for key in keys))
+        return ListWatch(
+            client.CoordinationV1Api(self.api).list_namespaced_lease,
+            self.namespace,
+            what="Leases",
+            forbidden=(
+                f"not allowed to read the device Leases in namespace {self.namespace}; give Spookd's "
+                "ServiceAccount get, list, watch, create, update and delete on leases (Helm rbac.exclusive)"
+            ),
+            label_selector=f"app.kubernetes.io/managed-by=spookd,{DEVICE_LABEL} in ({hashes})",
+        )
 
     def is_shared(self, resource: str, device_id: str) -> bool:
         """True when allocating this device needs a claim."""
@@ -212,11 +175,11 @@ class LeaseClaims:
     def _lease_body(
         self, resource: str, device_id: str, resource_version: str | None = None
     ) -> dict[str, Any]:
-        now = _now()
+        now = now_text()
         metadata: dict[str, Any] = {
             "name": lease_name(resource, device_id),
             "namespace": self.namespace,
-            "labels": LABELS,
+            "labels": {**LABELS, DEVICE_LABEL: lease_name(resource, device_id).removeprefix("spookd-")},
             "annotations": {"spookd.skao.int/resource": resource, "spookd.skao.int/device": device_id},
         }
         if resource_version:
@@ -267,9 +230,7 @@ class LeaseClaims:
             if status == 404:
                 status, lease = await self._call("POST", self._path(), self._lease_body(resource, device_id))
                 if status == 409:
-                    raise ClaimRefused(
-                        self._refusal(resource, device_id, "another node claimed it at the same moment")
-                    )
+                    status, lease = await self._adopt(resource, device_id)
                 self._check(status, lease, "create")
             self._check(status, lease, "take over")
             record = self._record(lease, "claim")
@@ -278,6 +239,26 @@ class LeaseClaims:
         logger.info("device claimed", resource=resource, device=device_id, lease=f"{self.namespace}/{name}")
         self._publish_blocked()
         return True
+
+    async def _adopt(self, resource: str, device_id: str) -> tuple[int, dict[str, Any]]:
+        """The create met a Lease the cache did not show: take it only if it names this node.
+
+        The cache lags a moment behind the API, and Leases written by a Spookd before
+        the device label existed are not watched at all: one read tells which.
+        """
+        name = lease_name(resource, device_id)
+        status, lease = await self._call("GET", self._path(name))
+        if status == 200:
+            record = self._record(lease, "read")
+            self.book.observe((resource, device_id), record, self.clock())
+            if record.holder == self.node_name:
+                body = self._lease_body(resource, device_id, record.resource_version)
+                status, lease = await self._call("PUT", self._path(name), body)
+                if status < 300:
+                    return status, lease
+            elif record.holder:
+                raise ClaimRefused(self._refusal(resource, device_id, f"node {record.holder} holds it"))
+        raise ClaimRefused(self._refusal(resource, device_id, "another node claimed it at the same moment"))
 
     @staticmethod
     def _record(lease: dict[str, Any], what: str) -> LeaseRecord:
@@ -388,8 +369,27 @@ class LeaseClaims:
             delay = interval if await self._renew() else min(interval, max(0.2, self.lease_duration / 15))
 
     async def _watch_loop(self) -> None:
-        await self._wanted.wait()
-        async for event in self.list_watch.events():
+        while True:
+            await self._rewatch.wait()
+            self._rewatch = anyio.Event()
+            keys = self._to_watch()
+            if keys == self.watched:
+                continue
+            # _synced stays set after the first LIST: a device newly shared before the
+            # new LIST answers is claimed by a create, which fails (409) if it exists.
+            self.watched = keys
+            if not keys:
+                self.list_watch = None
+                self.book.replace_all({}, self.clock())
+                continue
+            self.list_watch = self._list_watch(keys)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._follow, self.list_watch)
+                await self._rewatch.wait()
+                tg.cancel_scope.cancel()
+
+    async def _follow(self, list_watch: ListWatch) -> None:
+        async for event in list_watch.events():
             now = self.clock()
             if isinstance(event, Listed):
                 records = {}
@@ -424,7 +424,7 @@ class LeaseClaims:
             await anyio.sleep(self.poll)
 
     async def _reconcile_usage(self) -> None:
-        in_use = await self._in_use()
+        in_use = await self.pod_resources.in_use()
         if in_use is None:
             return
         now = self.clock()
@@ -441,37 +441,6 @@ class LeaseClaims:
         for key, held in list(self.held.items()):
             if key not in in_use and now - held.since > self.claim_grace:
                 await self._release(*key)
-
-    async def _in_use(self) -> set[Key] | None:
-        channel = Channel(path=self.pod_resources_socket)
-        try:
-            stub = podresources.PodResourcesListerStub(channel)
-            response = await stub.list(podresources.ListPodResourcesRequest(), timeout=REQUEST_TIMEOUT)
-        except (
-            TimeoutError,
-            OSError,
-            grpclib.exceptions.GRPCError,
-            grpclib.exceptions.StreamTerminatedError,
-        ) as exc:
-            if not self._pod_resources_warned:
-                logger.warning(
-                    "cannot read the kubelet's PodResources at {socket} ({error}); "
-                    "claims are kept, not released",
-                    socket=self.pod_resources_socket,
-                    error=str(exc) or type(exc).__name__,
-                )
-                self._pod_resources_warned = True
-            return None
-        finally:
-            channel.close()
-        self._pod_resources_warned = False
-        return {
-            (devices.resource_name, device_id)
-            for pod in response.pod_resources
-            for container in pod.containers
-            for devices in container.devices
-            for device_id in devices.device_ids
-        }
 
     def _publish_blocked(self) -> None:
         blocked: dict[str, set[str]] = {}

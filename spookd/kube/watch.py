@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -93,12 +94,18 @@ class ListWatch:
             try:
                 if self.resource_version is None:
                     yield await self.list()
+                started = time.monotonic()
+                seen = False
                 async for event in self.watch():
+                    seen = True
                     yield event
                     self.backoff.reset()
-                self.backoff.reset()
                 forbidden_logged = False
-                continue
+                if seen or time.monotonic() - started >= 1.0:
+                    self.backoff.reset()
+                    continue
+                # A watch the server ends at once, again and again, must not become a
+                # storm of requests: back off as after a failure.
             except ApiException as exc:
                 if exc.status == 410:
                     logger.info("watch expired (410 Gone); listing again", what=self.what, **self.log_fields)
