@@ -16,7 +16,7 @@ from spookd.allocation import container_env, host_devices, preferred_allocation
 from spookd.claims import ClaimRefused, Claims
 from spookd.config.model import Device
 from spookd.deviceplugin import convert
-from spookd.deviceplugin.snapshots import Stream
+from spookd.deviceplugin.snapshots import PreEncoded, Stream
 from spookd.observe import metrics
 
 #: Client input echoed in an error message is cut to this many characters: a client
@@ -49,6 +49,28 @@ def _shown(device_id: str) -> str:
     return f"{device_id[:ECHO_MAX]!r}… ({len(device_id)} characters)"
 
 
+#: Encoded Allocate answers kept per server: the kubelet asks for the same device sets again
+#: (pod restarts, re-admission after its own restart), and an answer is a pure function of
+#: the devices it names.
+ANSWERS_KEPT = 64
+
+
+class Answer(PreEncoded):
+    """An encoded Allocate answer, and the devices it was computed from."""
+
+    __slots__ = ("device_ids", "devices")
+
+    def __init__(self, data: bytes, device_ids: tuple[str, ...], devices: tuple[Device, ...]) -> None:
+        self.data = data
+        self.device_ids = device_ids
+        self.devices = devices
+
+    def still_served(self, served: ServedDevices) -> bool:
+        """True while every device of the answer is still served as it was (same object)."""
+        get = served.get
+        return all(get(i) is d for i, d in zip(self.device_ids, self.devices, strict=True))
+
+
 class DevicePluginService(api.DevicePluginBase):
     """The DevicePlugin service: options, ListAndWatch, Allocate, preferred allocation."""
 
@@ -57,6 +79,10 @@ class DevicePluginService(api.DevicePluginBase):
         self._claims = claims
         self._epoch = epoch
         self._resource = devices.resource_name
+        #: encoded answers by requested IDs, oldest first
+        self._answers: dict[tuple[tuple[str, ...], ...], Answer] = {}
+        self._allocations = metrics.ALLOCATIONS.labels(self._resource)
+        self._latency = metrics.ALLOCATE_LATENCY.labels(self._resource)
 
     def lookup(self, device_ids: Sequence[str]) -> list[Device]:
         """The devices for an Allocate request; INVALID_ARGUMENT for unknown or repeated IDs."""
@@ -94,25 +120,45 @@ class DevicePluginService(api.DevicePluginBase):
         request = await stream.recv_message()
         assert request is not None
         started = time.perf_counter()
+        requested = tuple(tuple(container.devices_ids) for container in request.container_requests)
+        answer = self._answers.get(requested)
+        if answer is None or not answer.still_served(self._devices):
+            answer = self._answer(requested)
+        if self._claims is not None:
+            await self._claim(requested)
+        self._allocations.inc(len(answer.devices))
+        self._latency.observe(time.perf_counter() - started)
+        await stream.send_message(answer)  # type: ignore[arg-type]
+
+    def _answer(self, requested: tuple[tuple[str, ...], ...]) -> Answer:
+        """The encoded answer to ``requested``, kept for the next identical request."""
         resource = self._resource
         responses = []
-        allocated = 0
-        for container in request.container_requests:
-            device_ids = list(container.devices_ids)
+        served: list[Device] = []
+        for device_ids in requested:
             devices = self.lookup(device_ids)
-            if self._claims is not None:
-                try:
-                    await self._claims.claim(resource, device_ids)
-                except ClaimRefused as exc:
-                    metrics.ALLOCATE_ERRORS.labels(resource).inc()
-                    raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION, str(exc)) from None
-            allocated += len(devices)
+            served += devices
             responses.append(
                 convert.container_response(container_env(resource, devices), host_devices(devices))
             )
-        metrics.ALLOCATIONS.labels(resource).inc(allocated)
-        metrics.ALLOCATE_LATENCY.labels(resource).observe(time.perf_counter() - started)
-        await stream.send_message(pb.AllocateResponse(container_responses=responses))
+        answer = Answer(
+            pb.AllocateResponse(container_responses=responses).SerializeToString(),
+            tuple(i for ids in requested for i in ids),
+            tuple(served),
+        )
+        if len(self._answers) >= ANSWERS_KEPT:
+            del self._answers[next(iter(self._answers))]
+        self._answers[requested] = answer
+        return answer
+
+    async def _claim(self, requested: tuple[tuple[str, ...], ...]) -> None:
+        assert self._claims is not None
+        for device_ids in requested:
+            try:
+                await self._claims.claim(self._resource, list(device_ids))
+            except ClaimRefused as exc:
+                metrics.ALLOCATE_ERRORS.labels(self._resource).inc()
+                raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION, str(exc)) from None
 
     async def pre_start_container(
         self, message: api.PreStartContainerRequest
