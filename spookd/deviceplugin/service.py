@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpclib.const
 import grpclib.server
@@ -47,6 +48,60 @@ def _shown(device_id: str) -> str:
     if len(device_id) <= ECHO_MAX:
         return repr(device_id)
     return f"{device_id[:ECHO_MAX]!r}… ({len(device_id)} characters)"
+
+
+#: The largest message a client may send (gRPC's own default, which the kubelet's client
+#: keeps): grpclib alone reads a message of any announced length into memory.
+MAX_MESSAGE = 4 * 1024 * 1024
+
+
+class BoundedStream(grpclib.server.Stream):  # type: ignore[type-arg]
+    """grpclib's server stream, refusing oversized, compressed and malformed messages with a status.
+
+    grpclib reads as many bytes as a message's prefix announces (up to 4 GiB) before decoding,
+    and answers a message that fails to decode with UNKNOWN and a logged traceback.
+    """
+
+    async def recv_message(self) -> Any:
+        raw = self._stream
+        prefix = await raw.recv_data(5)
+        if not prefix:
+            return None
+        if len(prefix) < 5:
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "message prefix cut short")
+        compressed, length = struct.unpack(">?I", prefix)
+        if compressed:
+            raise GRPCError(grpclib.const.Status.UNIMPLEMENTED, "compressed messages are not accepted")
+        if length > MAX_MESSAGE:
+            raise GRPCError(
+                grpclib.const.Status.RESOURCE_EXHAUSTED,
+                f"a message of {length} bytes is larger than the {MAX_MESSAGE} accepted",
+            )
+        try:
+            data = await raw.recv_data(length)
+        except AssertionError:  # grpclib's Buffer: the stream ended inside the message
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "message cut short") from None
+        try:
+            message = self._codec.decode(data, self._recv_type)
+        except Exception:
+            raise GRPCError(
+                grpclib.const.Status.INVALID_ARGUMENT,
+                f"malformed {self._recv_type.__name__} ({length} bytes)",
+            ) from None
+        (message,) = await self._dispatch.recv_message(message)
+        self._messages_received += 1
+        raw.connection.messages_received += 1
+        raw.connection.last_message_received = time.monotonic()
+        return message
+
+
+def _bounded(handler: grpclib.const.Handler) -> grpclib.const.Handler:
+    async def run(stream: grpclib.server.Stream) -> None:  # type: ignore[type-arg]
+        # grpclib builds the stream itself and offers no hook for its class
+        stream.__class__ = BoundedStream
+        await handler.func(stream)
+
+    return handler._replace(func=run)
 
 
 #: Encoded Allocate answers kept per server: the kubelet asks for the same device sets again
@@ -197,4 +252,4 @@ class DevicePluginService(api.DevicePluginBase):
             pb.AllocateRequest,
             pb.AllocateResponse,
         )
-        return mapping
+        return {path: _bounded(handler) for path, handler in mapping.items()}
