@@ -93,8 +93,10 @@ class Spookd:
         configmap: str | None = None,
         kubeconfig: Path | None = None,
         profile: Path | None = None,
+        http_addr: str = "",
     ) -> None:
         self.workdir = workdir
+        self.http_addr = http_addr
         self.plugin_dir = plugin_dir
         # The config's directory is watched: keep the log out of it, or each log line is a change.
         (workdir / "config").mkdir(exist_ok=True)
@@ -110,7 +112,7 @@ class Spookd:
         source = ["--configmap", self.configmap] if self.configmap else ["--config", str(self.config)]
         args = [
             "run", *source, "--node-name", NODE, "--plugin-dir", str(self.plugin_dir),
-            "--http-addr", "", "--log-format", "json",
+            "--http-addr", self.http_addr, "--log-format", "json",
         ]  # fmt: skip
         if self.profile is not None:
             return [

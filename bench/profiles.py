@@ -192,3 +192,98 @@ def _codec_row(n: int, pb: Any) -> str:
     )
     upb_dec = _per_call_us(lambda: pb.AllocateRequest.FromString(request), k)
     return row + f" | {upb_enc:.0f} µs | {upb_dec:.0f} µs"
+
+
+#: Runs ``python -m spookd`` on plain asyncio (uvloop's timers cannot be wrapped) and counts, from SIGUSR1
+#: on, every timer the loop schedules by the Spookd line that asked for it; the counts are written to the
+#: path in SPOOKD_TIMERS_OUT on the next SIGUSR1.
+TIMERS_SCRIPT = """
+import asyncio, collections, importlib.util, os, runpy, signal, sys, traceback
+real_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a, **k: None if name == "uvloop" else real_find_spec(name, *a, **k)
+counting = []
+def toggle(*_):
+    if counting:
+        counting.clear()
+        dump()
+    else:
+        counting.append(True)
+signal.signal(signal.SIGUSR1, toggle)
+counts = collections.Counter()
+real_call_at = asyncio.BaseEventLoop.call_at
+def call_at(self, when, callback, *args, context=None):
+    if counting:
+        frames = traceback.extract_stack(limit=30)[:-1]
+        mine = [f for f in frames if "/spookd/" in f.filename]
+        where = mine[-1] if mine else frames[-2]
+        counts[(f"{where.filename.split('/spookd/')[-1]}:{where.lineno} {where.name}",
+                round(when - self.time(), 1))] += 1
+    return real_call_at(self, when, callback, *args, context=context)
+asyncio.BaseEventLoop.call_at = call_at
+def dump():
+    with open(os.environ["SPOOKD_TIMERS_OUT"], "w") as out:
+        for (where, delay), n in counts.most_common(12):
+            out.write(f"{n:5d} × {delay:6.1f} s  spookd/{where}\\n")
+sys.argv = ["spookd", *sys.argv[1:]]
+runpy.run_module("spookd", run_name="__main__", alter_sys=True)
+"""
+
+
+def idle_timers(configmap: bool, seconds: float = 20.0) -> str:
+    """The timers an idle Spookd (10 resources) schedules in ``seconds``, by the Spookd line behind each."""
+    import os
+    import signal
+
+    from support.nodeharness import NodeHarness
+
+    from bench.common import resources_config
+    from bench.node import Poller, all_served
+
+    workdir, plugin_dir = short_dir("bpi-w-"), short_dir("bpi-")
+    out = workdir / "timers.txt"
+    script = workdir / "timers.py"
+    script.write_text(TIMERS_SCRIPT)
+
+    class Traced(Spookd):
+        def argv(self) -> list[str]:
+            return [sys.executable, str(script), *super().argv()[3:]]
+
+    server = None
+    try:
+        with NodeHarness(log_dir=workdir) as node:
+            node.start(plugin_dir)
+            kwargs: dict[str, Any] = {}
+            if configmap:
+                from support.apiserver import ApiServer
+
+                from bench.configmap import NAMESPACE, _put
+
+                server = ApiServer.start(workdir / "apiserver")
+                api = server.client()
+                api.ensure({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+                _put(api, "idle", resources_config(10, 2))
+                kwargs = {"configmap": f"{NAMESPACE}/idle", "kubeconfig": server.kubeconfig}
+            spookd = Traced(workdir, plugin_dir, **kwargs)
+            write_atomic(spookd.config, resources_config(10, 2))
+            os.environ["SPOOKD_TIMERS_OUT"] = str(out)
+            spookd.start()
+            try:
+                Poller(node).until(all_served([f"example.com/r{r:03d}" for r in range(10)], 2), timeout=60)
+                time.sleep(3.0)
+                os.kill(spookd.pid, signal.SIGUSR1)
+                time.sleep(seconds)
+                os.kill(spookd.pid, signal.SIGUSR1)
+                wait_until(out.exists, 30, "timers written")
+            finally:
+                spookd.stop()
+            return (
+                f"Timers an idle Spookd ({'ConfigMap' if configmap else 'file'} source) scheduled in "
+                f"{seconds:.0f} s, by count, delay and the Spookd line behind each (plain asyncio):\n\n"
+                f"```\n{out.read_text().rstrip()}\n```"
+            )
+    finally:
+        os.environ.pop("SPOOKD_TIMERS_OUT", None)
+        if server is not None:
+            server.close()
+        shutil.rmtree(plugin_dir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)

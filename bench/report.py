@@ -191,6 +191,18 @@ REMEDIES = {
         "line at info) cut the per-resource part; lazy imports of what the file source does not use "
         "(aiohttp, prometheus_client without `--http-addr`) cut the fixed part."
     ),
+    "idle": (
+        "**Where the wake-ups come from, and what would close the gap.** With the file source the only "
+        "timers left are the two 5 s safety polls (`spookd/dirwatch.py`: the plugin directory and the "
+        "config file's directory), about 0.4 loop wake-ups per second plus the worker thread that stats "
+        "the files; nothing else runs. With the ConfigMap source the Lease claims "
+        "(`spookd/kube/leases.py`) run although no device is `exclusive`: `_watch_loop` sleeps 0.5 s "
+        "between rounds (`SPOOKD_CLAIM_POLL`) and `_renew_loop` wakes every `LEASE_DURATION / 3`, even "
+        "with nothing shared or held — 2.2 wake-ups per second on their own, most of the ConfigMap "
+        "source's cost. Start the claims only when the configuration has a shared device (or wait on "
+        "an event that `claim()` and the config set), and read Leases by list + watch (SPEC §10) instead "
+        "of polling; the ConfigMap watch itself only wakes for its server timeout and bookmarks."
+    ),
     "growth": (
         "**What would close the gap.** Compare `tracemalloc` snapshots of a Spookd process before and "
         "after the reloads (by traceback) to find what accumulates."
@@ -261,8 +273,15 @@ def profile_misses(figures: list[Figure], *, quick: bool) -> list[tuple[str, str
             f"```\n{profiles.startup(100)}\n```\n\n{REMEDIES['startup']}"
         )
 
+    def idle() -> str:
+        sources = sorted({"ConfigMap" in f.name for f in missed if f.name.startswith("idle")})
+        parts = [profiles.idle_timers(configmap, 10.0 if quick else 30.0) for configmap in sources]
+        return "\n\n".join([*parts, REMEDIES["idle"]])
+
     if "Allocate" in names:
         attempt("Allocate latency", allocate)
+    if any(f.name.startswith("idle") for f in missed):
+        attempt("Idle wake-ups", idle)
     if "parse" in names or "stall" in names:
         attempt("Parse + validate, and the loop stall", parse_section)
     if "ConfigMap) above the floor" in names:
@@ -319,6 +338,147 @@ def _growth_analysis(figure: Figure) -> str:
     return "\n\n".join(lines)
 
 
+# ---------------------------------------------------------------- reading a page back
+
+#: Which runner group measured a figure, by the start of its name (for pages written before groups were
+#: recorded with the figures).
+GROUP_OF = (
+    ("Allocate", "allocate"),
+    ("config change → kubelet has it (file)", "change"),
+    ("config change → kubelet has it (ConfigMap)", "configmap"),
+    ("start → registered, 100 resources (ConfigMap)", "configmap"),
+    ("RSS idle, 10 resources (ConfigMap)", "configmap"),
+    ("start → registered", "startup"),
+    ("kubelet restart", "restart"),
+    ("parse + validate", "parse"),
+    ("loop stall", "parse"),
+    ("RSS", "memory"),
+    ("idle", "idle"),
+)
+#: Which group a profile section of the page belongs to, by its title.
+SECTION_GROUP = {
+    "Allocate latency": "allocate",
+    "Parse + validate, and the loop stall": "parse",
+    "Memory with the ConfigMap source": "configmap",
+    "Start-up": "startup",
+    "Memory growth over reloads": "memory",
+    "Idle wake-ups": "idle",
+}
+
+
+def _number(text: str) -> float:
+    import re
+
+    found = re.search(r"-?[0-9]+(?:\.[0-9]+)?", text)
+    if found is None:
+        raise ValueError(f"no number in {text!r}")
+    return float(found.group())
+
+
+def figures_from_page(text: str) -> tuple[list[Figure], list[tuple[str, str, str]], str]:
+    """The figures and profile sections of a page this module wrote (for ``--merge`` without results).
+
+    A figure comes back with its median and its min and max as three values, so its median, spread and
+    verdict read as before; its Go reference as one value (the median). Also the page's findings.
+    """
+    from bench.common import Target
+
+    lines = text.splitlines()
+    notes: dict[str, str] = {}
+    for line in lines:
+        if line.startswith("- **") and "**: " in line:
+            name, _, note = line[4:].partition("**: ")
+            notes[name] = note
+    figures: list[Figure] = []
+    in_results = False
+    for line in lines:
+        if line.startswith("## "):
+            in_results = line == "## Results"
+            continue
+        if not (in_results and line.startswith("| ")) or line.startswith(("| figure", "|---")):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 7:
+            continue
+        name, median, spread, ref, _ratio, target, _verdict = cells
+        value, _, unit = median.partition(" ")
+        if spread == "1 run":
+            values = [float(value)]
+        else:
+            low, _, high = spread.split(" ")[0].partition("–")
+            values = [float(low), float(value), float(high)]
+        limit = ratio_limit = None
+        if target != "—":
+            parts = [p.strip() for p in target.split(", ")]
+            for part in parts:
+                if part.endswith("× Go"):
+                    ratio_limit = _number(part)
+                else:
+                    limit = Target(_number(part), part)
+        group = next((g for prefix, g in GROUP_OF if name.startswith(prefix)), "")
+        figures.append(
+            Figure(
+                name=name,
+                unit=unit,
+                values=values,
+                target=limit,
+                reference=[_number(ref)] if ref != "—" else None,
+                ratio_limit=ratio_limit,
+                note=notes.get(name, ""),
+                group=group,
+            )
+        )
+    for line in lines:
+        if line.startswith("RSS (MiB) after N reloads: "):
+            points = line.partition(": ")[2].rstrip(".").split(", ")
+            curve = [(int(n), round(float(mib) * 1024)) for n, _, mib in (p.partition(": ") for p in points)]
+            for figure in figures:
+                if figure.name.startswith("RSS growth"):
+                    figure.extra["curve"] = curve
+    sections: list[tuple[str, str, str]] = []
+    findings: list[str] = []
+    in_findings = False
+    in_misses = False
+    title: str | None = None
+    body: list[str] = []
+    for line in [*lines, "## end"]:
+        if in_findings and not line.startswith("## "):
+            findings.append(line)
+        if line.startswith("## "):
+            in_findings = line == "## Findings besides the numbers"
+            if title is not None:
+                sections.append((SECTION_GROUP.get(title, ""), title, "\n".join(body).strip()))
+            in_misses, title, body = line.startswith("## Misses"), None, []
+        elif in_misses and line.startswith("### "):
+            if title is not None:
+                sections.append((SECTION_GROUP.get(title, ""), title, "\n".join(body).strip()))
+            title, body = line[4:], []
+        elif title is not None:
+            body.append(line)
+    return figures, sections, "\n".join(findings).strip()
+
+
+def loads_from_page(text: str) -> list[tuple[str, str]]:
+    """The load averages per stage that a page recorded."""
+    marker = "- **Load average (1/5/15 min) at each stage**: "
+    for line in text.splitlines():
+        if line.startswith(marker):
+            stages = line[len(marker) :].split(". The machine")[0].split("; ")
+            return [(st.partition(" ")[0], st.partition(" ")[2]) for st in stages]
+    return []
+
+
+def provenance_from_page(text: str) -> str:
+    """When and at which commit a page's figures were measured."""
+    when = spookd = ""
+    for line in text.splitlines():
+        if line.startswith("Last run: "):
+            when = line[len("Last run: ") :].split(",")[0]
+        if line.startswith("- **Spookd**: "):
+            spookd = line[len("- **Spookd**: ") :].split(";")[0].removeprefix("figures measured at ")
+    return f"run of {when}, {spookd}"
+
+
 # ---------------------------------------------------------------- the page
 
 
@@ -332,6 +492,7 @@ def markdown(
     loads: Sequence[tuple[str, str]] = (),
     failures: Sequence[tuple[str, str]] = (),
     measured: str | None = None,
+    kept_findings: str = "",
 ) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
@@ -380,7 +541,7 @@ def markdown(
         samples = ", ".join(f"{n}: {kib / 1024:.1f}" for n, kib in curve)
         out += ["", f"RSS (MiB) after N reloads: {samples}."]
     out += ["", "## How each figure is measured", "", METHOD.strip(), ""]
-    findings = _findings(figures)
+    findings = _findings(figures) or kept_findings
     if findings:
         out += ["## Findings besides the numbers", "", findings, ""]
     if sections:
@@ -388,6 +549,16 @@ def markdown(
         for title, body in sections:
             out += [f"### {title}", "", body.strip(), ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def group_of_section(title: str) -> str:
+    """The runner group a profile section belongs to."""
+    return SECTION_GROUP.get(title, "")
+
+
+def findings(figures: list[Figure]) -> str:
+    """The findings the figures themselves support (the kubelet's refusals during the reload run)."""
+    return _findings(figures)
 
 
 def _findings(figures: list[Figure]) -> str:
@@ -460,4 +631,14 @@ METHOD = """
   per device, ~114 bytes per device); beside it the reference alone (the figure before the fast path)
   and yaml-rs alone. The loop stall is the worst lateness of a 1 ms ticker on a uvloop event loop while
   `spookd.sources.parsing.parse` (or the named parse) runs in a worker thread.
+- **idle**: Spookd with 10 resources of 2 devices each, and 10 Go stub plugins (`tests/go/cmd/goplugin`,
+  each one resource of 2 devices, with its 10 s `Watch` loop on), all registered with the kubelet's real
+  device manager, which keeps one ListAndWatch stream open per resource. After registration and 3 s of
+  quiet, one window (60 s, 20 s in a quick run) is counted for Spookd and for the ten Go processes
+  together, over the same wall-clock time: CPU as the sum over all threads of
+  `/proc/PID/task/*/schedstat` (ns on a CPU), wake-ups as the sum of `voluntary_ctxt_switches` +
+  `nonvoluntary_ctxt_switches` of `/proc/PID/task/*/status`. Variants: file source and ConfigMap source
+  (the real kube-apiserver of `tests/support/apiserver.py`, a kubeconfig with a token), each with the HTTP
+  endpoint off and on (`--http-addr 127.0.0.1:PORT`, never scraped during the window). On a loaded
+  machine a wake-up costs more CPU (cold caches, waiting for a core), so the CPU share is an upper bound.
 """

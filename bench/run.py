@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import report
 from bench.common import ROOT, Figure
 
-GROUPS = ("allocate", "change", "configmap", "startup", "restart", "parse", "memory", "apicost")
+GROUPS = ("allocate", "change", "configmap", "startup", "restart", "parse", "memory", "apicost", "idle")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             baseline_seconds=20 if quick else 45,
         )  # fmt: skip
 
+    def idle_group() -> list[Figure]:
+        from bench import idle
+
+        return idle.measure(seconds=20.0 if quick else 60.0)
+
     guarded("allocate", allocate_group)
     guarded("change", change_group)
     guarded("configmap", configmap_group)
@@ -150,13 +155,31 @@ def main(argv: list[str] | None = None) -> int:
     guarded("parse", parse_group)
     guarded("memory", memory_group)
     guarded("apicost", apicost_group)
+    guarded("idle", idle_group)
 
     argv = sys.argv[1:]
     previous = 0.0
     measured = report.spookd_version() if figures else None
+    measured_groups = {f.group for f in figures} | {name for name, _ in failures}
+    kept_sections: list[tuple[str, str, str]] = []
+    kept_findings = ""
+    stored = None
     if args.merge and args.results.exists():
         stored = json.loads(args.results.read_text())
-        measured_groups = {f.group for f in figures} | {name for name, _ in failures}
+    elif args.merge and args.output.exists():
+        # No results kept on this machine yet: read the figures back from the page itself.
+        page = args.output.read_text()
+        page_figures, page_sections, page_findings = report.figures_from_page(page)
+        stored = {
+            "figures": [f.to_json() for f in page_figures],
+            "sections": page_sections,
+            "findings": page_findings,
+            "loads": report.loads_from_page(page),
+            "argv": [f"(the other groups read back from the page: {report.provenance_from_page(page)})"],
+            "elapsed": 0.0,
+            "measured": None,
+        }
+    if stored is not None:
         kept = [Figure.from_json(raw) for raw in stored["figures"]]
         figures = [f for f in kept if f.group not in measured_groups] + figures
         order = {g: i for i, g in enumerate(GROUPS)}
@@ -164,13 +187,27 @@ def main(argv: list[str] | None = None) -> int:
         loads[:0] = [(n, v) for n, v in stored["loads"] if n not in measured_groups | {"profiles", "end"}]
         argv = [*stored["argv"], "+", *argv]
         previous = float(stored.get("elapsed", 0.0))
+        kept_sections = [tuple(s) for s in stored.get("sections", []) if s[0] not in measured_groups]  # type: ignore[misc]
+        if "memory" not in measured_groups:
+            kept_findings = stored.get("findings", "")
         if not measured_groups:
             measured = stored.get("measured") or measured
+    if not args.no_profile:
+        stage("profiles")
+        # Profile only what was measured now; the other groups keep the sections they had.
+        sections = report.profile_misses([f for f in figures if f.group in measured_groups], quick=quick)
+    all_sections = [*kept_sections, *((report.group_of_section(t), t, b) for t, b in sections)]
+    all_sections.sort(key=lambda s: {g: i for i, g in enumerate(GROUPS)}.get(s[0], len(GROUPS)))
+    sections = [(t, b) for _, t, b in all_sections]
+    findings = report.findings(figures) or kept_findings
+
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(
         json.dumps(
             {
                 "figures": [f.to_json() for f in figures],
+                "sections": all_sections,
+                "findings": findings,
                 "loads": loads,
                 "argv": argv,
                 "elapsed": previous + time.monotonic() - started,
@@ -179,10 +216,6 @@ def main(argv: list[str] | None = None) -> int:
             indent=1,
         )
     )
-
-    if not args.no_profile:
-        stage("profiles")
-        sections = report.profile_misses(figures, quick=quick)
 
     loads.append(("end", report.loadavg()))
     elapsed = previous + time.monotonic() - started
@@ -197,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             loads=loads,
             failures=failures,
             measured=measured,
+            kept_findings=findings,
         )
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)

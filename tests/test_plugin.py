@@ -187,6 +187,30 @@ async def test_config_changes_push_snapshots_without_reregistering(plugin_dir: P
         assert len(kubelet.registrations) == registered
 
 
+async def test_a_repeated_allocate_follows_config_changes(plugin_dir: Path) -> None:
+    # Answers are kept per requested ID set: a changed env or a removed device must show at once.
+    more = WALKTHROUGH + '      - {resourceName: example.com/widget, instanceID: "0002"}\n'
+    async with running_kubelet(plugin_dir) as kubelet, daemon(plugin_dir) as spookd:
+        await spookd.push(accepted(more))
+        await kubelet.wait_for(lambda: kubelet.capacity().get("example.com/widget") == 2)
+        for _ in range(2):
+            widget = await kubelet.allocate("example.com/widget", ["0001"], ["0002", "0001"])
+            assert widget.container_responses[0].envs["EXAMPLECOM_WIDGET_IP"] == "192.168.0.200"
+        snapshots = kubelet.plugins["example.com/widget"].snapshots
+        await spookd.push(accepted(more.replace("192.168.0.200", "192.168.0.201")))
+        await kubelet.wait_for(lambda: kubelet.plugins["example.com/widget"].snapshots > snapshots)
+        widget = await kubelet.allocate("example.com/widget", ["0001"], ["0002", "0001"])
+        assert widget.container_responses[0].envs["EXAMPLECOM_WIDGET_IP"] == "192.168.0.201"
+        assert widget.container_responses[1].envs["EXAMPLECOM_WIDGET_DEV0_IP"] == "192.168.0.201"
+        await spookd.push(accepted(WALKTHROUGH))
+        await kubelet.wait_for(lambda: kubelet.capacity().get("example.com/widget") == 1)
+        with pytest.raises(grpclib.GRPCError) as info:
+            await kubelet.allocate("example.com/widget", ["0001"], ["0002", "0001"])
+        assert info.value.status is grpclib.const.Status.INVALID_ARGUMENT
+        assert info.value.message is not None
+        assert "'0002'" in info.value.message
+
+
 async def test_removed_resource_is_withdrawn_and_its_socket_removed(plugin_dir: Path) -> None:
     async with running_kubelet(plugin_dir) as kubelet, daemon(plugin_dir) as spookd:
         await spookd.push(accepted(WALKTHROUGH))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpclib.const
 import grpclib.server
@@ -16,7 +17,7 @@ from spookd.allocation import container_env, host_devices, preferred_allocation
 from spookd.claims import ClaimRefused, Claims
 from spookd.config.model import Device
 from spookd.deviceplugin import convert
-from spookd.deviceplugin.snapshots import Stream
+from spookd.deviceplugin.snapshots import PreEncoded, Stream
 from spookd.observe import metrics
 
 #: Client input echoed in an error message is cut to this many characters: a client
@@ -49,6 +50,82 @@ def _shown(device_id: str) -> str:
     return f"{device_id[:ECHO_MAX]!r}… ({len(device_id)} characters)"
 
 
+#: The largest message a client may send (gRPC's own default, which the kubelet's client
+#: keeps): grpclib alone reads a message of any announced length into memory.
+MAX_MESSAGE = 4 * 1024 * 1024
+
+
+class BoundedStream(grpclib.server.Stream):  # type: ignore[type-arg]
+    """grpclib's server stream, refusing oversized, compressed and malformed messages with a status.
+
+    grpclib reads as many bytes as a message's prefix announces (up to 4 GiB) before decoding,
+    and answers a message that fails to decode with UNKNOWN and a logged traceback.
+    """
+
+    async def recv_message(self) -> Any:
+        raw = self._stream
+        prefix = await raw.recv_data(5)
+        if not prefix:
+            return None
+        if len(prefix) < 5:
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "message prefix cut short")
+        compressed, length = struct.unpack(">?I", prefix)
+        if compressed:
+            raise GRPCError(grpclib.const.Status.UNIMPLEMENTED, "compressed messages are not accepted")
+        if length > MAX_MESSAGE:
+            raise GRPCError(
+                grpclib.const.Status.RESOURCE_EXHAUSTED,
+                f"a message of {length} bytes is larger than the {MAX_MESSAGE} accepted",
+            )
+        try:
+            data = await raw.recv_data(length)
+        except AssertionError:  # grpclib's Buffer: the stream ended inside the message
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "message cut short") from None
+        try:
+            message = self._codec.decode(data, self._recv_type)
+        except Exception:
+            raise GRPCError(
+                grpclib.const.Status.INVALID_ARGUMENT,
+                f"malformed {self._recv_type.__name__} ({length} bytes)",
+            ) from None
+        (message,) = await self._dispatch.recv_message(message)
+        self._messages_received += 1
+        raw.connection.messages_received += 1
+        raw.connection.last_message_received = time.monotonic()
+        return message
+
+
+def _bounded(handler: grpclib.const.Handler) -> grpclib.const.Handler:
+    async def run(stream: grpclib.server.Stream) -> None:  # type: ignore[type-arg]
+        # grpclib builds the stream itself and offers no hook for its class
+        stream.__class__ = BoundedStream
+        await handler.func(stream)
+
+    return handler._replace(func=run)
+
+
+#: Encoded Allocate answers kept per server: the kubelet asks for the same device sets again
+#: (pod restarts, re-admission after its own restart), and an answer is a pure function of
+#: the devices it names.
+ANSWERS_KEPT = 64
+
+
+class Answer(PreEncoded):
+    """An encoded Allocate answer, and the devices it was computed from."""
+
+    __slots__ = ("device_ids", "devices")
+
+    def __init__(self, data: bytes, device_ids: tuple[str, ...], devices: tuple[Device, ...]) -> None:
+        self.data = data
+        self.device_ids = device_ids
+        self.devices = devices
+
+    def still_served(self, served: ServedDevices) -> bool:
+        """True while every device of the answer is still served as it was (same object)."""
+        get = served.get
+        return all(get(i) is d for i, d in zip(self.device_ids, self.devices, strict=True))
+
+
 class DevicePluginService(api.DevicePluginBase):
     """The DevicePlugin service: options, ListAndWatch, Allocate, preferred allocation."""
 
@@ -57,6 +134,10 @@ class DevicePluginService(api.DevicePluginBase):
         self._claims = claims
         self._epoch = epoch
         self._resource = devices.resource_name
+        #: encoded answers by requested IDs, oldest first
+        self._answers: dict[tuple[tuple[str, ...], ...], Answer] = {}
+        self._allocations = metrics.ALLOCATIONS.labels(self._resource)
+        self._latency = metrics.ALLOCATE_LATENCY.labels(self._resource)
 
     def lookup(self, device_ids: Sequence[str]) -> list[Device]:
         """The devices for an Allocate request; INVALID_ARGUMENT for unknown or repeated IDs."""
@@ -94,25 +175,45 @@ class DevicePluginService(api.DevicePluginBase):
         request = await stream.recv_message()
         assert request is not None
         started = time.perf_counter()
+        requested = tuple(tuple(container.devices_ids) for container in request.container_requests)
+        answer = self._answers.get(requested)
+        if answer is None or not answer.still_served(self._devices):
+            answer = self._answer(requested)
+        if self._claims is not None:
+            await self._claim(requested)
+        self._allocations.inc(len(answer.devices))
+        self._latency.observe(time.perf_counter() - started)
+        await stream.send_message(answer)  # type: ignore[arg-type]
+
+    def _answer(self, requested: tuple[tuple[str, ...], ...]) -> Answer:
+        """The encoded answer to ``requested``, kept for the next identical request."""
         resource = self._resource
         responses = []
-        allocated = 0
-        for container in request.container_requests:
-            device_ids = list(container.devices_ids)
+        served: list[Device] = []
+        for device_ids in requested:
             devices = self.lookup(device_ids)
-            if self._claims is not None:
-                try:
-                    await self._claims.claim(resource, device_ids)
-                except ClaimRefused as exc:
-                    metrics.ALLOCATE_ERRORS.labels(resource).inc()
-                    raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION, str(exc)) from None
-            allocated += len(devices)
+            served += devices
             responses.append(
                 convert.container_response(container_env(resource, devices), host_devices(devices))
             )
-        metrics.ALLOCATIONS.labels(resource).inc(allocated)
-        metrics.ALLOCATE_LATENCY.labels(resource).observe(time.perf_counter() - started)
-        await stream.send_message(pb.AllocateResponse(container_responses=responses))
+        answer = Answer(
+            pb.AllocateResponse(container_responses=responses).SerializeToString(),
+            tuple(i for ids in requested for i in ids),
+            tuple(served),
+        )
+        if len(self._answers) >= ANSWERS_KEPT:
+            del self._answers[next(iter(self._answers))]
+        self._answers[requested] = answer
+        return answer
+
+    async def _claim(self, requested: tuple[tuple[str, ...], ...]) -> None:
+        assert self._claims is not None
+        for device_ids in requested:
+            try:
+                await self._claims.claim(self._resource, list(device_ids))
+            except ClaimRefused as exc:
+                metrics.ALLOCATE_ERRORS.labels(self._resource).inc()
+                raise GRPCError(grpclib.const.Status.FAILED_PRECONDITION, str(exc)) from None
 
     async def pre_start_container(
         self, message: api.PreStartContainerRequest
@@ -151,4 +252,4 @@ class DevicePluginService(api.DevicePluginBase):
             pb.AllocateRequest,
             pb.AllocateResponse,
         )
-        return mapping
+        return {path: _bounded(handler) for path, handler in mapping.items()}
