@@ -73,7 +73,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         cluster.down()
         cluster.timings["total"] = time.monotonic() - began
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [f"{name:>40}: {seconds:7.1f} s" for name, seconds in cluster.timings.items()]
+        lines = [f"{name:>40}: {seconds:7.2f} s" for name, seconds in cluster.timings.items()]
         if cluster.image is not None:
             lines.append(f"{'spookd image size (buildah)':>40}: {cluster.image.size}")
             lines.append(f"{'spookd image archive':>40}: {cluster.image.archive_size / 1e6:7.1f} MB")
@@ -482,18 +482,21 @@ def test_an_edited_configmap_adds_devices_and_starts_the_pending_replica(
     ]  # fmt: skip
     spookd_before = cluster.spookd_pod()
     pending_name = walkthrough["pending"]["metadata"]["name"]
+    want = {"example.com/widget": ["0001", "0002"], "example.com/thingamajig": ["A1234", "B5678"]}
+    assert kubelet_devices(cluster) != want
     began = time.monotonic()
     applied = cluster.kubectl("apply", "-f", "-", input=edited_configmap(devices)).stdout
+    stored = time.monotonic()  # the API server has the new ConfigMap
     assert applied == "configmap/spookd-config configured\n"
-    want = {"example.com/widget": ["0001", "0002"], "example.com/thingamajig": ["A1234", "B5678"]}
     wait_for(
         "the kubelet to hold the new devices", lambda: kubelet_devices(cluster) == want or None, 10, 0.05
     )
-    held = time.monotonic() - began
-    cluster.timings["configmap apply to kubelet holding the devices"] = held
+    held = time.monotonic() - stored
+    cluster.timings["kubectl apply (the command itself)"] = stored - began
+    cluster.timings["configmap stored to kubelet holding the devices"] = held
     wait_capacity(cluster, "2", "2", timeout=60)
-    cluster.timings["configmap apply to Node capacity 2"] = time.monotonic() - began
-    assert held < 1.0, f"the kubelet held the new devices only after {held:.2f} s"
+    cluster.timings["configmap stored to Node capacity 2"] = time.monotonic() - stored
+    assert held < 1.0, f"the kubelet held the new devices only {held:.2f} s after the ConfigMap changed"
 
     def started() -> dict[str, Any] | None:
         pod = get_pod(cluster, pending_name)

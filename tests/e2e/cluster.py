@@ -137,7 +137,8 @@ class Cluster:
         if not KERNEL_SETTINGS.exists():
             KERNEL_SETTINGS.write_text(json.dumps(host.kernel_settings()))
         self._kernel = json.loads(KERNEL_SETTINGS.read_text())
-        for program in ("apiserver", "e2enode", "kubectl"):
+        # podresources-list reads what the kubelet holds (its PodResources API).
+        for program in ("apiserver", "e2enode", "kubectl", "podresources-list"):
             began = time.monotonic()
             binary = gobuild.build(program)
             self.timings[f"go build {program}"] = time.monotonic() - began
@@ -145,7 +146,6 @@ class Cluster:
                 self.e2enode = binary
             elif program == "kubectl":
                 self.kubectl_binary = binary
-
 
     def start_runtime(self) -> None:
         """containerd with the images; a busybox container run by hand with ``ctr run``."""
