@@ -1,8 +1,8 @@
 """Bring the single-node cluster up by hand: ``cd tests && python -m e2e [--deploy]``.
 
-Prints the admin kubeconfig's path and waits; Ctrl-C (or SIGTERM) tears it all down.
-With ``--deploy`` it also applies deploy/spookd-test-deployment.yaml (its image
-renamed to the local busybox image), as the walkthrough does.
+Applies deploy/spookd-device-plugin.yaml with kubectl, prints the admin kubeconfig's
+path and waits; Ctrl-C (or SIGTERM) tears it all down. With ``--deploy`` it also
+applies deploy/spookd-test-deployment.yaml, as the walkthrough does.
 """
 
 from __future__ import annotations
@@ -11,14 +11,8 @@ import argparse
 import signal
 import sys
 import threading
-from pathlib import Path
 
-import yaml
-
-from e2e import images
-from e2e.cluster import LOGS, NODE_NAME, POD_LOGS, Cluster
-
-TEST_DEPLOYMENT = Path(__file__).resolve().parents[2] / "deploy" / "spookd-test-deployment.yaml"
+from e2e.cluster import LOGS, NODE_NAME, Cluster
 
 
 def main() -> int:
@@ -32,14 +26,11 @@ def main() -> int:
         cluster.prepare()
         cluster.start_spookd()
         if args.deploy:
-            deployment = yaml.safe_load(TEST_DEPLOYMENT.read_text())
-            deployment["spec"]["template"]["spec"]["containers"][0]["image"] = images.BUSYBOX
-            answer = cluster.client().create(deployment)
-            print(f"test deployment: HTTP {answer.status}")
+            print(cluster.kubectl("apply", "-f", "deploy/spookd-test-deployment.yaml").stdout, end="")
         api = cluster.start_control_plane()
-        print(f"node {NODE_NAME} is Ready; Spookd serves it.")
-        print(f"  export KUBECONFIG={api.kubeconfig}")
-        print(f"  logs: {LOGS}; container logs: {POD_LOGS}")
+        print(f"node {NODE_NAME} is Ready; Spookd's DaemonSet serves it.")
+        print(f"  export KUBECONFIG={api.kubeconfig} PATH={cluster.kubectl_path().rsplit('/', 1)[0]}:$PATH")
+        print(f"  logs: {LOGS}")
         print("Ctrl-C to tear down.")
         stop.wait()
     except KeyboardInterrupt:
@@ -47,7 +38,7 @@ def main() -> int:
     finally:
         cluster.down()
         for name, seconds in cluster.timings.items():
-            print(f"{name:>32}: {seconds:7.1f} s")
+            print(f"{name:>40}: {seconds:7.1f} s")
     return 0
 
 

@@ -1,10 +1,16 @@
-"""containerd and runc from Debian's packages, as the node's container runtime.
+"""containerd 2, built from its Go module, with Debian's runc, as the node's runtime.
+
+``build()`` runs ``go install -tags no_btrfs github.com/containerd/containerd/v2/cmd/...``
+(the version stamped with ``-ldflags -X``, as a release build does)
+for ``containerd``, ``containerd-shim-runc-v2`` and ``ctr`` at :data:`VERSION` into
+``tests/go/.bin/containerd-<version>/`` (no btrfs headers here; the walkthrough uses
+overlayfs). containerd finds the shim on its PATH, the shim finds ``/usr/sbin/runc``.
 
 Its own root (``/var/lib/spookd-e2e/containerd``), state and socket
 (``/run/spookd-e2e/containerd/containerd.sock``), so it never meets a containerd the
-machine may run already. Configuration, each line for a reason:
+machine may run already. Configuration (version 3), each line for a reason:
 
-- ``sandbox_image``: the locally built pause image (nothing can be pulled);
+- ``pinned_images.sandbox``: the locally built pause image (nothing can be pulled);
 - ``restrict_oom_score_adj = true``: this sandbox has no CAP_SYS_RESOURCE, so runc
   cannot lower a container's oom_score_adj (the kubelet asks -998 for sandboxes,
   -997 for Guaranteed pods); containerd then clamps the value to its own (0), as for
@@ -12,56 +18,94 @@ machine may run already. Configuration, each line for a reason:
   ``nsexec: failed to update /proc/self/oom_score_adj: Permission denied``;
 - ``netns_mounts_under_state_dir``: pod network namespaces live under its own state
   directory, so that a crashed run's can be found and unmounted;
+- ``cdi_spec_dirs``: CDI is on in containerd 2 (no switch); the node's ``/etc/cdi``
+  and ``/run/cdi`` are its own directories (bind mounts in the node's namespace);
 - cgroupfs (not systemd) cgroups: there is no systemd here;
-- CNI: a ``bridge`` network with ``host-local`` addresses, no gateway, no masquerade,
-  no routes: pods get an address on a bridge that leads nowhere.
+- CNI: a ``bridge`` network with ``host-local`` addresses, the bridge the pods'
+  gateway (the kubelet probes pods through it, pods reach Services through it), no
+  masquerade, inside the node's network namespace.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
-from e2e import images
-from e2e.host import E2EError, MountNamespace, Process, system_environment, tail, wait_for
+from support import gobuild
 
-__all__ = ["BRIDGE", "POD_SUBNET", "Containerd"]
+from e2e import images
+from e2e.host import E2EError, NodeNamespace, Process, system_environment, tail, wait_for
+
+__all__ = ["BRIDGE", "POD_SUBNET", "VERSION", "Containerd", "build"]
 
 BRIDGE = "spke2e0"
 POD_SUBNET = "10.244.0.0/24"
 CNI_BIN = Path("/usr/lib/cni")
+VERSION = "v2.4.2"
+MODULE = "github.com/containerd/containerd/v2"
+PROGRAMS = ("containerd", "containerd-shim-runc-v2", "ctr")
 
 _CONFIG = """\
-version = 2
+version = 3
 root = "{root}"
 state = "{state}"
 [grpc]
   address = "{socket}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "{pause}"
+[plugins.'io.containerd.cri.v1.runtime']
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
   enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+  cdi_spec_dirs = ["/etc/cdi", "/run/cdi"]
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
         SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni_bin}"
+        BinaryName = "/usr/sbin/runc"
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["{cni_bin}"]
     conf_dir = "{cni_conf}"
 """
+
+
+def build(log: Path) -> Path:
+    """``go install`` containerd, its runc shim and ctr at VERSION; the directory they are in."""
+    target = gobuild.BIN_DIR / f"containerd-{VERSION}"
+    if all((target / program).is_file() for program in PROGRAMS):
+        return target
+    staging = gobuild.BIN_DIR / f".containerd-{VERSION}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    argv = [
+        gobuild.go_binary(), "install", "-tags", "no_btrfs",
+        # As a release build does (the module's own says "2.4.2+unknown").
+        f"-ldflags=-X {MODULE}/version.Version={VERSION.removeprefix('v')}",
+        *(f"{MODULE}/cmd/{program}@{VERSION}" for program in PROGRAMS),
+    ]  # fmt: skip
+    env = system_environment({"GOBIN": str(staging), "GOFLAGS": "-buildvcs=false"})
+    with log.open("ab") as out:
+        done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, check=False, cwd=staging)
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise E2EError(f"{' '.join(argv)} failed with {done.returncode}:\n{tail(log)}")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
 
 
 class Containerd:
     """A containerd process with the walkthrough's images imported."""
 
-    def __init__(self, root: Path, state: Path, logs: Path, pid_dir: Path, namespace: MountNamespace) -> None:
+    def __init__(self, root: Path, state: Path, logs: Path, pid_dir: Path, namespace: NodeNamespace) -> None:
         self.root = root
         self.state = state
         self.socket = state / "containerd.sock"
@@ -73,6 +117,8 @@ class Containerd:
         self.namespace = namespace
         self.pid_dir = pid_dir
         self.process: Process | None = None
+        #: The directory of containerd, its shim and ctr (set by ``build()``'s caller).
+        self.bin_dir: Path | None = None
 
     @property
     def endpoint(self) -> str:
@@ -100,7 +146,9 @@ class Containerd:
                 {
                     "type": "bridge",
                     "bridge": BRIDGE,
-                    "isGateway": False,
+                    "isGateway": True,
+                    # The pods' default route: Services (10.0.0.0/16) are reached through the node.
+                    "isDefaultGateway": True,
                     "ipMasq": False,
                     "ipam": {
                         "type": "host-local",
@@ -116,8 +164,11 @@ class Containerd:
         """Start containerd and wait until it answers; the seconds taken."""
         began = time.monotonic()
         self.write_config()
-        argv = self.namespace.enter(["containerd", "--config", str(self.config)])
-        process = self.process = Process("containerd", argv, self.log, self.pid_dir).start()
+        assert self.bin_dir is not None, "build() containerd first"
+        argv = self.namespace.enter([str(self.bin_dir / "containerd"), "--config", str(self.config)])
+        # The shim is found on containerd's PATH.
+        env = {"PATH": f"{self.bin_dir}:{os.environ.get('PATH', '')}"}
+        process = self.process = Process("containerd", argv, self.log, self.pid_dir, env).start()
 
         def answers() -> bool | None:
             process.check()
@@ -132,7 +183,8 @@ class Containerd:
         self, *args: str, namespace: str = "k8s.io", check: bool = True, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
         """Run ``ctr`` against this containerd."""
-        argv = ["ctr", "--address", str(self.socket), "--namespace", namespace, *args]
+        assert self.bin_dir is not None
+        argv = [str(self.bin_dir / "ctr"), "--address", str(self.socket), "--namespace", namespace, *args]
         done = subprocess.run(
             argv, capture_output=True, text=True, check=False, timeout=timeout, env=system_environment()
         )
@@ -144,15 +196,29 @@ class Containerd:
         return done
 
     def import_images(self) -> list[str]:
-        """Build the busybox and pause images and import them for the kubelet (namespace k8s.io)."""
+        """Build the busybox and pause images and import them for the kubelet (namespace k8s.io).
+
+        busybox is also tagged :data:`images.BUSYBOX_AS_PULLED`, the name the kubelet
+        looks up for the test deployment's ``busybox:1.37``: nothing can be pulled
+        here, so the deployment finds the local image under the name it asks for.
+        """
         archives = [images.busybox_archive(self.image_dir), images.pause_archive(self.image_dir)]
         for archive in archives:
             self.ctr("images", "import", str(archive))
+        self.ctr("images", "tag", "--force", images.BUSYBOX, images.BUSYBOX_AS_PULLED)
+        wanted = {images.BUSYBOX, images.BUSYBOX_AS_PULLED, images.PAUSE}
         listed = self.ctr("images", "list", "--quiet").stdout.split()
-        missing = {images.BUSYBOX, images.PAUSE} - set(listed)
+        missing = wanted - set(listed)
         if missing:
             raise E2EError(f"images {sorted(missing)} not listed after import: {listed}")
-        return [images.BUSYBOX, images.PAUSE]
+        return sorted(wanted)
+
+    def import_archive(self, archive: Path, name: str) -> None:
+        """Import an OCI archive (buildah's) and check that ``name`` is listed."""
+        self.ctr("images", "import", str(archive), timeout=600)
+        listed = self.ctr("images", "list", "--quiet").stdout.split()
+        if name not in listed:
+            raise E2EError(f"image {name} not listed after importing {archive}: {listed}")
 
     def run_by_hand(self) -> str:
         """``ctr run --rm`` a busybox container (no Kubernetes involved); its output."""

@@ -1,10 +1,12 @@
-"""The node's host: packages, processes, mounts, kernel settings and cgroups.
+"""The node's host: packages, processes, namespaces, kernel settings and cgroups.
 
-Everything the walkthrough changes on the machine is undone at the end: it runs its
-own containerd (own root, state and socket), stops every process it started, unmounts
-what the kubelet and containerd left mounted under their directories, removes the
-pod network's bridge and the kubelet's cgroups, and restores the kernel settings the
-kubelet changes (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops, ...).
+Everything the walkthrough changes on the machine is undone at the end: the node runs
+in its own mount and network namespaces (its network: a veth pair to the machine, the
+pod bridge and kube-proxy's nftables rules live and die with the namespace), its own
+containerd (own root, state and socket); every process it started is stopped, what
+the kubelet and containerd left mounted under their directories is unmounted, the
+kubelet's cgroups are removed and the kernel settings the kubelet changes
+(vm.overcommit_memory, kernel.panic, kernel.panic_on_oops, ...) are restored.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from typing import TypeVar
 __all__ = [
     "PACKAGES",
     "E2EError",
-    "MountNamespace",
+    "NodeNamespace",
     "Process",
     "end_stale_processes",
     "ensure_packages",
     "free_port",
     "kernel_settings",
     "remove_cgroups",
+    "remove_link",
+    "run_logged",
     "remove_tree",
     "require_root",
     "system_environment",
@@ -39,12 +43,16 @@ __all__ = [
     "wait_for",
 ]
 
-#: Debian packages the node needs, each with a file that tells whether it is installed.
+#: Debian packages the node needs, each with a file that tells whether it is installed:
+#: runc under containerd 2 (built from Go), busybox for the test images, the CNI
+#: plugins, nft for kube-proxy's nftables mode, buildah and mmdebstrap for Spookd's image.
 PACKAGES: Mapping[str, str] = {
-    "containerd": "/usr/bin/containerd",
     "runc": "/usr/sbin/runc",
     "busybox-static": "/bin/busybox",
     "containernetworking-plugins": "/usr/lib/cni/bridge",
+    "nftables": "/usr/sbin/nft",
+    "buildah": "/usr/bin/buildah",
+    "mmdebstrap": "/usr/bin/mmdebstrap",
 }
 
 #: Kernel settings the kubelet's container manager sets (pkg/kubelet/cm setupKernelTunables).
@@ -207,34 +215,57 @@ class Process:
         return self.popen.returncode
 
 
-class MountNamespace:
-    """A private mount namespace for the node, held open by a sleeping process.
+class NodeNamespace:
+    """Private mount and network namespaces for the node, held open by a sleeping process.
 
-    The node's directories are bind-mounted over the standard paths inside it
+    Mounts: the node's directories are bind-mounted over the standard paths inside it
     (``/var/lib/kubelet``, ``/var/log/pods``, ...), so that containerd, the kubelet
     and Spookd see the paths a real node has, while the machine's own directories
     stay untouched: another program's ``/var/lib/kubelet/device-plugins`` (the node
     harness bind-mounts over it in its own namespace) is never removed or shared, and
     every mount the node makes (overlays, pod volumes, network namespaces) lives and
     dies with this namespace.
+
+    Network: a veth pair joins the node (``node_ip`` on its ``eth0``) to the machine
+    (``host_ip``, where the API server listens), like a node's link to its control
+    plane; the kubelet serves on ``node_ip``, the API server dials it there. The
+    pod bridge, routes and kube-proxy's nftables rules are the namespace's own, so
+    nothing of the node's network touches the machine's.
     """
 
-    def __init__(self, binds: Mapping[Path, Path], log: Path, pid_dir: Path) -> None:
+    def __init__(
+        self,
+        binds: Mapping[Path, Path],
+        log: Path,
+        pid_dir: Path,
+        *,
+        link: str,
+        host_ip: str,
+        node_ip: str,
+    ) -> None:
         self.binds = dict(binds)
+        self.link, self.host_ip, self.node_ip = link, host_ip, node_ip
+        self.log = log
         script = (
             'while [ $# -gt 1 ]; do mkdir -p "$1" "$2" && mount --bind "$1" "$2" || exit 1; shift 2; done; '
         )
         script += "exec sleep 2147483647"
         pairs = [str(p) for source, target in self.binds.items() for p in (source, target)]
-        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", *pairs]
-        self.holder = Process("mount-namespace", argv, log, pid_dir)
+        argv = ["unshare", "--mount", "--net", "--propagation", "private", "--", "sh", "-c", script, "sh"]
+        self.holder = Process("node-namespace", [*argv, *pairs], log, pid_dir)
         self.holder.program = "sleep"
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Create the namespace and wait until every bind mount is in place."""
-        self.holder.start()
+    @property
+    def pid(self) -> int:
+        """The holder's process id."""
         assert self.holder.popen is not None
-        pid = self.holder.popen.pid
+        return self.holder.popen.pid
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Create the namespaces, wait for every bind mount, connect the node's network."""
+        remove_link(self.link)
+        self.holder.start()
+        pid = self.pid
         targets = {str(target) for target in self.binds.values()}
 
         def mounted() -> bool | None:
@@ -246,15 +277,45 @@ class MountNamespace:
             return True if targets <= points else None
 
         wait_for("the node's mount namespace", mounted, timeout, interval=0.05)
+        inside = ["nsenter", f"--net=/proc/{pid}/ns/net", "--"]
+        for argv in (
+            ["ip", "link", "add", self.link, "type", "veth", "peer", "name", "eth0", "netns", str(pid)],
+            ["ip", "address", "add", f"{self.host_ip}/30", "dev", self.link],
+            ["ip", "link", "set", self.link, "up"],
+            [*inside, "ip", "link", "set", "lo", "up"],
+            [*inside, "ip", "address", "add", f"{self.node_ip}/30", "dev", "eth0"],
+            [*inside, "ip", "link", "set", "eth0", "up"],
+            # Pods reach the API server through the node (kube-proxy's DNAT, then out eth0).
+            [*inside, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+        ):
+            run_logged(argv, self.log)
 
     def enter(self, argv: Sequence[str]) -> list[str]:
-        """``argv`` run inside the namespace."""
-        assert self.holder.popen is not None
-        return ["nsenter", f"--mount=/proc/{self.holder.popen.pid}/ns/mnt", "--", *argv]
+        """``argv`` run inside the namespaces."""
+        pid = self.pid
+        return ["nsenter", f"--mount=/proc/{pid}/ns/mnt", f"--net=/proc/{pid}/ns/net", "--", *argv]
 
     def stop(self) -> None:
-        """End the holder; the namespace goes when its last process does."""
+        """End the holder; the namespaces (and the veth pair) go when their last process does."""
         self.holder.stop(timeout=5)
+        remove_link(self.link)
+
+
+def run_logged(argv: Sequence[str], log: Path, timeout: float = 60.0) -> str:
+    """Run a set-up command, its output appended to ``log``; E2EError when it fails."""
+    done = subprocess.run(
+        list(argv), capture_output=True, text=True, check=False, timeout=timeout, env=system_environment()
+    )
+    with log.open("a") as out:
+        out.write(f"$ {' '.join(argv)}\n{done.stdout}{done.stderr}")
+    if done.returncode != 0:
+        raise E2EError(f"{' '.join(argv)} failed with {done.returncode}:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def remove_link(name: str) -> None:
+    """Delete a network link of the machine's if it exists (a crashed run's veth end)."""
+    subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
 
 
 def end_stale_processes(pid_dir: Path) -> list[str]:

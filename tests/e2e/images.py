@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "BUSYBOX",
+    "BUSYBOX_AS_PULLED",
     "PAUSE",
     "busybox_archive",
     "busybox_version",
@@ -32,8 +33,11 @@ __all__ = [
 
 BUSYBOX_BINARY = Path("/bin/busybox")
 
-#: The image the test deployment runs (its only change: this name for ``busybox:1.37``).
+#: The busybox image, by its own name.
 BUSYBOX = "localhost/spookd-e2e/busybox:1.35.0-debian"
+#: The name the kubelet looks up for deploy/spookd-test-deployment.yaml's ``busybox:1.37``
+#: (a tag of :data:`BUSYBOX` in the node's containerd: nothing can be pulled).
+BUSYBOX_AS_PULLED = "docker.io/library/busybox:1.37"
 #: containerd's ``sandbox_image``: every pod's sandbox container.
 PAUSE = "localhost/spookd-e2e/pause:1.35.0-debian"
 

@@ -89,14 +89,20 @@ class ApiServer:
         self.build_seconds: float = gobuild.BUILD_SECONDS.get("apiserver", 0.0)
 
     @classmethod
-    def start(cls, workdir: Path, *, timeout: float = _START_TIMEOUT) -> ApiServer:
-        """Build, launch and wait until the API server serves; raise ApiServerError."""
+    def start(
+        cls, workdir: Path, *, timeout: float = _START_TIMEOUT, address: str = "127.0.0.1"
+    ) -> ApiServer:
+        """Build, launch and wait until the API server serves; raise ApiServerError.
+
+        ``address``: where clients reach it; another than loopback also makes it the
+        ``kubernetes`` Service's endpoint (see tests/go/cmd/apiserver).
+        """
         binary = gobuild.build("apiserver")
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = workdir / "apiserver.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [str(binary), "-workdir", str(workdir)],
+                [str(binary), "-workdir", str(workdir), "-address", address],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,

@@ -3,7 +3,18 @@
 // tests: manifests and Helm renderings are created against it, RBAC is enforced by
 // the real authorizer (Node,RBAC), and the ConfigMap watcher talks to it.
 //
-//	apiserver -workdir DIR
+//	apiserver -workdir DIR [-address IP]
+//
+// -address is the IP address clients connect to (default 127.0.0.1). Given another
+// address (the end-to-end node's side of a veth pair), the API server is what a
+// cluster's is to its pods: that address is in the serving certificate with
+// 10.0.0.1 (the kubernetes Service's cluster IP), and it is published as the
+// kubernetes Service's endpoint (EndpointSlice and Endpoints), which kube-proxy turns
+// into the Service's rules. (The test server binds loopback only, so its own endpoint
+// reconciler is off; this program publishes the stable front door instead, as an
+// operator does for API servers behind a load balancer.) The API server reaches
+// kubelets at their InternalIP with a client certificate from the same CA
+// (pki/kubelet-client.crt), so that exec, logs and port-forward work.
 //
 // On start it writes DIR/kubeconfig (an admin in system:masters) and prints one JSON
 // line {"event":"ready",...} on stdout; everything else goes to stderr. It then reads
@@ -49,7 +60,12 @@ import (
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/server/v3/embed"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apiserver/pkg/storage/storagebackend"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	kubeapiservertesting "k8s.io/kubernetes/cmd/kube-apiserver/app/testing"
@@ -59,7 +75,13 @@ import (
 func main() {
 	workdir := flag.String("workdir", "", "directory for etcd data, certificates, the token and the kubeconfig (required)")
 	verbose := flag.Bool("verbose", false, "pass the API server's own log lines through to stderr")
+	address := flag.String("address", "127.0.0.1", "the IP address the API server is reached at")
 	flag.Parse()
+	ip := net.ParseIP(*address)
+	if ip == nil {
+		fmt.Fprintf(os.Stderr, "apiserver: -address %q is not an IP address\n", *address)
+		os.Exit(2)
+	}
 	if *workdir == "" {
 		fmt.Fprintln(os.Stderr, "apiserver: -workdir is required")
 		os.Exit(2)
@@ -68,7 +90,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "apiserver: version: %v\n", err)
 		os.Exit(1)
 	}
-	if err := run(*workdir, *verbose); err != nil {
+	if err := run(*workdir, *verbose, ip); err != nil {
 		fmt.Fprintf(os.Stderr, "apiserver: %v\n", err)
 		os.Exit(1)
 	}
@@ -91,7 +113,7 @@ func emit(e event) {
 	fmt.Println(string(line))
 }
 
-func run(workdir string, verbose bool) error {
+func run(workdir string, verbose bool, address net.IP) error {
 	workdir, err := filepath.Abs(workdir)
 	if err != nil {
 		return err
@@ -103,7 +125,7 @@ func run(workdir string, verbose bool) error {
 	defer stop()
 
 	began := time.Now()
-	pki, err := ensurePKI(filepath.Join(workdir, "pki"))
+	pki, err := ensurePKI(filepath.Join(workdir, "pki"), address)
 	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
 	}
@@ -117,7 +139,7 @@ func run(workdir string, verbose bool) error {
 	}
 	defer etcd.Close()
 
-	front, err := newProxy()
+	front, err := newProxy(address)
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
@@ -138,12 +160,21 @@ func run(workdir string, verbose bool) error {
 		// Not --tls-cert-file: StartTestServer points the peer-proxy CA at
 		// <cert-dir>/apiserver.crt, which must therefore exist.
 		"--cert-dir=" + filepath.Dir(pki.certFile),
+		"--kubelet-client-certificate=" + pki.kubeletCertFile,
+		"--kubelet-client-key=" + pki.kubeletKeyFile,
+		// A node's host name need not resolve (the e2e node's does not).
+		"--kubelet-preferred-address-types=InternalIP,Hostname",
 	}
 	api := &apiServer{workdir: workdir, storage: storage, flags: flags, verbose: verbose, front: front}
 	if err := api.up(); err != nil {
 		return err
 	}
 	defer api.down()
+	if !address.IsLoopback() {
+		if err := publishEndpoint(ctx, kubeconfig, front.listener.Addr().(*net.TCPAddr)); err != nil {
+			return fmt.Errorf("kubernetes Service endpoint: %w", err)
+		}
+	}
 
 	ready := event{Server: serverURL, Kubeconfig: kubeconfig, CAFile: pki.caFile, Token: token, Etcd: etcdURL}
 	ready.Event = "ready"
@@ -372,8 +403,8 @@ type proxy struct {
 	conns    map[net.Conn]struct{}
 }
 
-func newProxy() (*proxy, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func newProxy(address net.IP) (*proxy, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(address.String(), "0"))
 	if err != nil {
 		return nil, err
 	}
@@ -459,15 +490,17 @@ func (p *proxy) relay(client net.Conn) {
 
 // pki holds a CA and a serving certificate for 127.0.0.1, made once per workdir so
 // that a restarted API server presents the same identity.
-type pki struct{ caFile, certFile, keyFile string }
+type pki struct{ caFile, certFile, keyFile, kubeletCertFile, kubeletKeyFile string }
 
-func ensurePKI(dir string) (pki, error) {
+func ensurePKI(dir string, address net.IP) (pki, error) {
 	p := pki{
-		caFile:   filepath.Join(dir, "ca.crt"),
-		certFile: filepath.Join(dir, "apiserver.crt"),
-		keyFile:  filepath.Join(dir, "apiserver.key"),
+		caFile:          filepath.Join(dir, "ca.crt"),
+		certFile:        filepath.Join(dir, "apiserver.crt"),
+		keyFile:         filepath.Join(dir, "apiserver.key"),
+		kubeletCertFile: filepath.Join(dir, "kubelet-client.crt"),
+		kubeletKeyFile:  filepath.Join(dir, "kubelet-client.key"),
 	}
-	if _, err := os.Stat(p.keyFile); err == nil {
+	if _, err := os.Stat(p.kubeletKeyFile); err == nil {
 		return p, nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -506,7 +539,7 @@ func ensurePKI(dir string) (pki, error) {
 		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1"), net.ParseIP(serviceIP), address},
 		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
 	}
 	serverDER, err := x509.CreateCertificate(rand.Reader, serverTemplate, ca, &serverKey.PublicKey, caKey)
@@ -517,6 +550,28 @@ func ensurePKI(dir string) (pki, error) {
 	if err != nil {
 		return p, err
 	}
+	// The API server's identity towards kubelets (exec, logs): a client certificate
+	// the kubelets trust through the same CA (their authentication.x509.clientCAFile).
+	clientKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return p, err
+	}
+	clientTemplate := &x509.Certificate{
+		SerialNumber: big.NewInt(3),
+		Subject:      pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+		NotBefore:    now,
+		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	clientDER, err := x509.CreateCertificate(rand.Reader, clientTemplate, ca, &clientKey.PublicKey, caKey)
+	if err != nil {
+		return p, err
+	}
+	clientKeyDER, err := x509.MarshalECPrivateKey(clientKey)
+	if err != nil {
+		return p, err
+	}
 	writes := []struct {
 		path  string
 		block pem.Block
@@ -524,6 +579,9 @@ func ensurePKI(dir string) (pki, error) {
 		{p.caFile, pem.Block{Type: "CERTIFICATE", Bytes: caDER}},
 		{p.certFile, pem.Block{Type: "CERTIFICATE", Bytes: serverDER}},
 		{p.keyFile, pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}},
+		{p.kubeletCertFile, pem.Block{Type: "CERTIFICATE", Bytes: clientDER}},
+		// The key last: its presence says the set is complete.
+		{p.kubeletKeyFile, pem.Block{Type: "EC PRIVATE KEY", Bytes: clientKeyDER}},
 	}
 	for _, w := range writes {
 		if err := os.WriteFile(w.path, pem.EncodeToMemory(&w.block), 0o600); err != nil {
@@ -565,4 +623,58 @@ func writeKubeconfig(path, server, caFile, token string) error {
 	config.Contexts["spookd-test"] = &clientcmdapi.Context{Cluster: "spookd-test", AuthInfo: "admin", Namespace: "default"}
 	config.CurrentContext = "spookd-test"
 	return clientcmd.WriteToFile(*config, path)
+}
+
+// serviceIP is the kubernetes Service's cluster IP: the first address of the test
+// server's service range (10.0.0.0/16).
+const serviceIP = "10.0.0.1"
+
+// publishEndpoint makes the kubernetes Service's EndpointSlice and Endpoints point at
+// the front door, so that pods reach the API server through the Service.
+func publishEndpoint(ctx context.Context, kubeconfig string, front *net.TCPAddr) error {
+	config, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		return err
+	}
+	ip, port, name, protocol := front.IP.String(), int32(front.Port), "https", corev1.ProtocolTCP
+	ready := true
+	labels := map[string]string{
+		discoveryv1.LabelServiceName: "kubernetes",
+		discoveryv1.LabelManagedBy:   "spookd-test-apiserver",
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "kubernetes", Namespace: metav1.NamespaceDefault, Labels: labels},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &protocol}},
+	}
+	endpoints := &corev1.Endpoints{ //nolint:staticcheck // still read by older clients
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "kubernetes", Namespace: metav1.NamespaceDefault,
+			Labels: map[string]string{discoveryv1.LabelSkipMirror: "true"},
+		},
+		Subsets: []corev1.EndpointSubset{{ //nolint:staticcheck
+			Addresses: []corev1.EndpointAddress{{IP: ip}},
+			Ports:     []corev1.EndpointPort{{Name: name, Port: port, Protocol: protocol}},
+		}},
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err = client.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).Create(ctx, slice, metav1.CreateOptions{})
+		if err == nil || apierrors.IsAlreadyExists(err) {
+			_, err = client.CoreV1().Endpoints(metav1.NamespaceDefault).Create(ctx, endpoints, metav1.CreateOptions{})
+			if err == nil || apierrors.IsAlreadyExists(err) {
+				return nil
+			}
+		}
+		// The default namespace is made by the API server shortly after it serves.
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

@@ -23,22 +23,38 @@ var gitMajor string
 //go:linkname gitMinor k8s.io/component-base/version.gitMinor
 var gitMinor string
 
-// Stamp sets the version from the k8s.io/kubernetes module this binary was built with.
+// Stamp sets the version from the k8s.io/kubernetes module this binary was built with,
+// or, for a program that imports none of it (kubectl), from a staging module of the
+// same release: k8s.io/kubectl v0.37.2 is Kubernetes v1.37.2.
 func Stamp() error {
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return errors.New("no build information in the binary")
 	}
+	staging := ""
 	for _, dep := range info.Deps {
-		if dep.Path != "k8s.io/kubernetes" {
-			continue
+		v := dep.Version
+		if dep.Replace != nil {
+			v = dep.Replace.Version
 		}
-		parts := strings.SplitN(strings.TrimPrefix(dep.Version, "v"), ".", 3)
-		if len(parts) < 2 {
-			return fmt.Errorf("unexpected k8s.io/kubernetes version %q", dep.Version)
+		switch dep.Path {
+		case "k8s.io/kubernetes":
+			return stamp(v)
+		case "k8s.io/kubectl":
+			staging = v
 		}
-		gitVersion, gitMajor, gitMinor = dep.Version, parts[0], parts[1]
-		return version.SetDynamicVersion(dep.Version)
 	}
-	return errors.New("k8s.io/kubernetes is not among the build's modules")
+	if strings.HasPrefix(staging, "v0.") {
+		return stamp("v1." + strings.TrimPrefix(staging, "v0."))
+	}
+	return errors.New("neither k8s.io/kubernetes nor k8s.io/kubectl is among the build's modules")
+}
+
+func stamp(v string) error {
+	parts := strings.SplitN(strings.TrimPrefix(v, "v"), ".", 3)
+	if len(parts) < 2 {
+		return fmt.Errorf("unexpected Kubernetes version %q", v)
+	}
+	gitVersion, gitMajor, gitMinor = v, parts[0], parts[1]
+	return version.SetDynamicVersion(v)
 }
