@@ -31,15 +31,26 @@ async def _main(settings: Settings) -> None:
         from spookd.kube.leases import LeaseClaims
 
         api = await connect()
+        tuning = settings.tuning
         claims = LeaseClaims(
-            api, settings.claims_namespace, settings.node_name, settings.pod_resources_socket, blocked.update
+            api,
+            settings.claims_namespace,
+            settings.node_name,
+            settings.pod_resources_socket,
+            blocked.update,
+            lease_duration=tuning.lease_duration,
+            claim_grace=tuning.claim_grace,
+            poll=tuning.claim_poll,
+            watch_timeout=tuning.watch_timeout,
         )
         if settings.configmap is not None:
             from spookd.kube.events import KubeEvents
             from spookd.sources.configmap import watch_configmap
 
             namespace, name = settings.configmap.split("/")
-            source = watch_configmap(namespace, name, settings.configmap_key, api)
+            source = watch_configmap(
+                namespace, name, settings.configmap_key, api, settings.tuning.watch_timeout
+            )
             events = KubeEvents(api, settings.node_name, ObjectRef(namespace, name))
         if settings.cleanup_stale_resources:
             from spookd.kube.cleanup import StaleResourceCleaner

@@ -17,7 +17,6 @@ a Lease is live is judged by observation on this node's monotonic clock
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -40,16 +39,16 @@ from spookd.kube.leaserecords import (
     now_text,
 )
 from spookd.kube.podresources import PodResourcesReader
-from spookd.kube.watch import Changed, Listed, ListWatch
+from spookd.kube.watch import WATCH_SERVER_TIMEOUT, Changed, Listed, ListWatch
 from spookd.leasing import Holding, LeaseBook, LeaseRecord
 
-LEASE_DURATION = float(os.environ.get("SPOOKD_LEASE_DURATION", "15"))
+# The defaults of spookd.settings.Tuning, which `spookd run` passes in.
+LEASE_DURATION = 15.0
 #: A fresh claim is not released before this, even if no container shows it yet.
-CLAIM_GRACE = float(os.environ.get("SPOOKD_CLAIM_GRACE", "5"))
+CLAIM_GRACE = 5.0
 #: How often the kubelet's PodResources is read and expiries are judged (no API request).
-POLL = float(os.environ.get("SPOOKD_CLAIM_POLL", "0.5"))
+POLL = 0.5
 REQUEST_TIMEOUT = 10
-DEFAULT_POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
 BlockedCallback = Callable[[str, set[str]], None]
 
@@ -68,8 +67,10 @@ class LeaseClaims:
         lease_duration: float = LEASE_DURATION,
         claim_grace: float = CLAIM_GRACE,
         poll: float = POLL,
+        watch_timeout: int = WATCH_SERVER_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.watch_timeout = watch_timeout
         self.api = api
         self.namespace = namespace
         self.node_name = node_name
@@ -118,6 +119,7 @@ class LeaseClaims:
                 f"not allowed to read the device Leases in namespace {self.namespace}; give Spookd's "
                 "ServiceAccount get, list, watch, create, update and delete on leases (Helm rbac.exclusive)"
             ),
+            server_timeout=self.watch_timeout,
             label_selector=f"app.kubernetes.io/managed-by=spookd,{DEVICE_LABEL} in ({hashes})",
         )
 

@@ -12,7 +12,6 @@ logged and answered with a new LIST: it never ends the daemon.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +27,8 @@ from loguru import logger
 from spookd.kube.client import Backoff
 
 #: The API server ends each watch after this long (a little randomised, as client-go does).
-WATCH_SERVER_TIMEOUT = int(os.environ.get("SPOOKD_WATCH_TIMEOUT", "300"))
+#: (spookd.settings.Tuning.watch_timeout, SPOOKD_WATCH_TIMEOUT, is what `spookd run` passes in.)
+WATCH_SERVER_TIMEOUT = 300
 #: The client gives up on a silent connection after this long.
 CLIENT_READ_TIMEOUT = 30
 

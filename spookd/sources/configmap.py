@@ -41,7 +41,14 @@ def _new_watch() -> Watch:
 class ConfigMapWatch:
     """Turns the ConfigMap's versions into configuration events."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, name: str, key: str) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        name: str,
+        key: str,
+        watch_timeout: int = WATCH_SERVER_TIMEOUT,
+    ) -> None:
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
         self.name = name
@@ -55,7 +62,7 @@ class ConfigMapWatch:
                 f"not allowed to read ConfigMap {namespace}/{name}; bind the Role `watch-configmaps` "
                 "(get, list, watch on configmaps) to Spookd's ServiceAccount"
             ),
-            server_timeout=WATCH_SERVER_TIMEOUT,
+            server_timeout=watch_timeout,
             read_timeout=CLIENT_READ_TIMEOUT,
             watch_factory=_new_watch,
             field_selector=f"metadata.name={name}",
@@ -136,9 +143,13 @@ class ConfigMapWatch:
 
 
 async def watch_configmap(
-    namespace: str, name: str, key: str, api: client.ApiClient | None = None
+    namespace: str,
+    name: str,
+    key: str,
+    api: client.ApiClient | None = None,
+    watch_timeout: int = WATCH_SERVER_TIMEOUT,
 ) -> AsyncIterator[SourceEvent]:
     """Configuration events for one ConfigMap key, forever."""
     api = api or await connect()
-    async for event in ConfigMapWatch(api, namespace, name, key).events():
+    async for event in ConfigMapWatch(api, namespace, name, key, watch_timeout).events():
         yield event
