@@ -18,6 +18,7 @@ from support import gobuild
 from support.apiserver import ApiServer
 from support.helm import helm_binary
 from support.nodeharness import NodeHarness
+from support.promtool import promtool_binary
 
 DATA = Path(__file__).parent / "data"
 
@@ -37,8 +38,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         programs.append("apiserver")
     for program in programs:
         gobuild.build(program)
-    if any(item.path.name == "test_deploy.py" for item in session.items):
+    names = {item.path.name for item in session.items}
+    if names & {"test_deploy.py", "test_monitoring.py"}:
         helm_binary()
+    if "test_monitoring.py" in names:
+        promtool_binary()
 
 
 @pytest.fixture
