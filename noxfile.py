@@ -20,7 +20,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def e2e(session: nox.Session) -> None:
-    """The walkthrough on a real single-node cluster: kubelet, containerd, runc, scheduler (root)."""
+    """The walkthrough typed with kubectl on a real one-node cluster, Spookd as a DaemonSet (root)."""
     session.install("-e", ".[test]")
     session.run("pytest", "-p", "no:cacheprovider", "tests/test_e2e.py", env={"SPOOKD_E2E": "1"})
 

@@ -512,6 +512,29 @@ def test_an_edited_configmap_adds_devices_and_starts_the_pending_replica(
     assert spookd_after["status"]["containerStatuses"][0]["restartCount"] == 0
 
 
+def test_a_containerd_restart_keeps_every_container_and_its_devices(
+    cluster: Cluster, walkthrough: dict[str, Any]
+) -> None:
+    names = [p["metadata"]["name"] for p in pods(cluster)]
+    before = {n: get_pod(cluster, n)["status"]["containerStatuses"][0] for n in names}
+    spookd_before = cluster.spookd_pod()["status"]["containerStatuses"][0]
+    capacity = {k: v for k, v in cluster.node()["status"]["capacity"].items() if k.startswith("example.com/")}
+    cluster.timings["containerd restart to Node Ready"] = cluster.restart_containerd()
+    for name in names:
+        after = get_pod(cluster, name)["status"]["containerStatuses"][0]
+        assert (after["containerID"], after["restartCount"]) == (
+            before[name]["containerID"],
+            before[name]["restartCount"],
+        )
+    spookd_after = cluster.spookd_pod()["status"]["containerStatuses"][0]
+    assert (spookd_after["containerID"], spookd_after["restartCount"]) == (spookd_before["containerID"], 0)
+    wait_capacity(cluster, capacity["example.com/widget"], capacity["example.com/thingamajig"])
+    # exec goes through the new containerd to the old shim.
+    assert exec_env(cluster, get_pod(cluster, walkthrough["running"]["metadata"]["name"])) == expected_env(
+        "0001", "A1234", WIDGET
+    )
+
+
 def test_spookd_keeps_serving_after_minutes_of_watching(
     cluster: Cluster, walkthrough: dict[str, Any]
 ) -> None:

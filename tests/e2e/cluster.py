@@ -381,6 +381,14 @@ class Cluster:
             raise E2EError(f"{' '.join(argv)} in the node failed with {done.returncode}: {done.stderr}")
         return done
 
+    def restart_containerd(self) -> float:
+        """Stop containerd (SIGTERM; the shims and containers live on) and start it again."""
+        began = time.monotonic()
+        self.containerd.stop()
+        self.containerd.start()
+        self.wait_node_ready(timeout=120)
+        return time.monotonic() - began
+
     def restart_kubelet(self) -> float:
         """Stop the kubelet (SIGTERM) and start it again; seconds until its Node is Ready again."""
         assert self.kubelet is not None
