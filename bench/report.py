@@ -541,6 +541,26 @@ def markdown(
         samples = ", ".join(f"{n}: {kib / 1024:.1f}" for n, kib in curve)
         out += ["", f"RSS (MiB) after N reloads: {samples}."]
     out += ["", "## How each figure is measured", "", METHOD.strip(), ""]
+    apicost = [f for f in figures if "projections" in f.extra]
+    if apicost:
+        out += ["## API cost of cross-host exclusivity", ""]
+        out += [
+            "Requests counted by the API server (`apiserver_request_total`, WATCH apart, net of the API "
+            "server's own background requests measured before any Spookd started). Projections scale the "
+            "measured requests per held device; every Lease write reaches every watch that selects it.",
+            "",
+            "| scenario | req/node/min | requests by verb in the window | projection |",
+            "|---|---|---|---|",
+        ]
+        for f in apicost:
+            window = f.extra.get("window") or {}
+            verbs = ", ".join(f"{k} {v:g}" for k, v in (window.get("requests") or {}).items())
+            out.append(
+                f"| {f.name} | {fmt(f.median)} | {verbs} ({window.get('seconds', 0):.0f} s) | "
+                + "<br>".join(f.extra["projections"])
+                + " |"
+            )
+        out += [""]
     findings = _findings(figures) or kept_findings
     if findings:
         out += ["## Findings besides the numbers", "", findings, ""]
@@ -641,4 +661,12 @@ METHOD = """
   (the real kube-apiserver of `tests/support/apiserver.py`, a kubeconfig with a token), each with the HTTP
   endpoint off and on (`--http-addr 127.0.0.1:PORT`, never scraped during the window). On a loaded
   machine a wake-up costs more CPU (cold caches, waiting for a core), so the CPU share is an upper bound.
+- **API cost**: `bench/apicost.py`. 20 `spookd run` processes (file source, `exclusive: true`) against one
+  real kube-apiserver; the kubelet side is a lighter stand-in than the node harness
+  (`tests/kubelet_double.py`: Registration, ListAndWatch, Allocate, plus a PodResources `List` server fed
+  by what it allocated), all
+  in one event loop of the benchmark. Windows: idle with one device held in the fleet; idle with every node
+  holding one; churn (every node takes a random free device for 2–6 s, pauses 1–4 s); idle with devices
+  shared within labs of 4 nodes. `apiserver_request_total` and `apiserver_watch_events_*` are scraped
+  before and after each window.
 """
