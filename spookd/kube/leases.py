@@ -83,6 +83,8 @@ class LeaseClaims:
         self.clock = clock
         self.shared: frozenset[Key] = frozenset()
         self.held: dict[Key, Holding] = {}
+        #: loops that sleep until there is something to claim or hold
+        self._idle_waiters: list[anyio.Event] = []
         #: Every Spookd Lease seen by the watch, and since when (this node's monotonic clock).
         self.book = LeaseBook()
         #: The watch of the Leases of ``watched`` (None until there are shared devices).
@@ -100,6 +102,7 @@ class LeaseClaims:
     def set_shared(self, shared: Iterable[Key]) -> None:
         """The devices of this node that need claims under the current configuration."""
         self.shared = frozenset(shared)
+        self._wake_idle()
         if self._to_watch() != self.watched:
             self._rewatch.set()
         self._publish_blocked()
@@ -237,6 +240,7 @@ class LeaseClaims:
             self._check(status, lease, "take over")
             record = self._record(lease, "claim")
             self.held[key] = Holding(record.resource_version, sent_at, self.lease_duration, self.clock())
+            self._wake_idle()
             self.book.observe(key, record, self.clock())
         logger.info("device claimed", resource=resource, device=device_id, lease=f"{self.namespace}/{name}")
         self._publish_blocked()
@@ -361,10 +365,24 @@ class LeaseClaims:
             tg.start_soon(self._watch_loop)
             tg.start_soon(self._usage_loop)
 
+    def _wake_idle(self) -> None:
+        if self.shared or self.held:
+            for waiter in self._idle_waiters:
+                waiter.set()
+            self._idle_waiters.clear()
+
+    async def _until_busy(self) -> None:
+        """Sleep while nothing is shared and nothing held: an idle node wakes up for nothing."""
+        if not (self.shared or self.held):
+            waiter = anyio.Event()
+            self._idle_waiters.append(waiter)
+            await waiter.wait()
+
     async def _renew_loop(self) -> None:
         interval = self.lease_duration / 3
         delay = interval
         while True:
+            await self._until_busy()
             await anyio.sleep(delay)
             # After a failed renewal, retry soon: the Lease must be renewed before
             # other nodes have seen it unchanged for its whole duration.
@@ -413,6 +431,7 @@ class LeaseClaims:
 
     async def _usage_loop(self) -> None:
         while True:
+            await self._until_busy()
             try:
                 for key, held in list(self.held.items()):
                     if held.lapsed(self.clock()):
