@@ -21,7 +21,7 @@ async def test_claims_with_nothing_shared_set_no_timers(monkeypatch: pytest.Monk
         sleeps.append(delay)
         await real_sleep(delay)
 
-    monkeypatch.setattr(leases.anyio, "sleep", counting_sleep)
+    monkeypatch.setattr(anyio, "sleep", counting_sleep)  # what spookd.kube.leases calls
     api = client.ApiClient(client.Configuration(host="https://127.0.0.1:9"))
     blocked: list[tuple[str, set[str]]] = []
     claims = leases.LeaseClaims(
