@@ -54,6 +54,9 @@ class _Unrecorded:
     def observe(self, value: float) -> None:
         pass
 
+    def remove(self, *values: str) -> None:
+        pass
+
 
 _UNRECORDED = _Unrecorded()
 
