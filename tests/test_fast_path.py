@@ -276,3 +276,22 @@ def test_every_ruamel_resolver_is_keyed_by_a_first_character() -> None:
     for scalar in TRICKY:
         assert is_typed_plain(scalar) == (plain_tag(scalar) != STR), scalar
     assert set(TYPED_PLAIN) >= set("0123456789-+.~nNtTfF")
+
+
+@given(st.text(alphabet="aZ09._-!: é", max_size=70))
+def test_the_fast_instance_id_check_is_the_validators(value: str) -> None:
+    from spookd.config.rules import VALID_INSTANCE_ID, instance_id_problem
+
+    assert (VALID_INSTANCE_ID.fullmatch(value) is not None) == (instance_id_problem(value) is None)
+
+
+def test_instance_ids_at_the_length_limit() -> None:
+    from spookd.config.rules import VALID_INSTANCE_ID, instance_id_problem
+
+    for n in (62, 63, 64, 65):
+        value = "a" * n
+        assert (
+            (VALID_INSTANCE_ID.fullmatch(value) is not None)
+            == (instance_id_problem(value) is None)
+            == (n <= 63)
+        )
