@@ -330,9 +330,5 @@ def candidates(reps: int = 5) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __name__ == "__main__":  # python -m bench.parse, from the repository root
     print(candidates())

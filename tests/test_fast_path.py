@@ -162,7 +162,7 @@ def test_what_the_fast_path_cannot_vouch_for_goes_to_the_reference(text: str) ->
 _token = st.text(alphabet="0123456789abcdefxXoObB_+-.", min_size=1, max_size=8)
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(_token)
 def test_integers_yaml_rs_reads_differently_are_caught_before_parsing(token: str) -> None:
     """yaml-rs reads more spellings as integers than ruamel.yaml (0X1F, _1): the text check must see them."""
@@ -276,3 +276,22 @@ def test_every_ruamel_resolver_is_keyed_by_a_first_character() -> None:
     for scalar in TRICKY:
         assert is_typed_plain(scalar) == (plain_tag(scalar) != STR), scalar
     assert set(TYPED_PLAIN) >= set("0123456789-+.~nNtTfF")
+
+
+@given(st.text(alphabet="aZ09._-!: é", max_size=70))
+def test_the_fast_instance_id_check_is_the_validators(value: str) -> None:
+    from spookd.config.rules import VALID_INSTANCE_ID, instance_id_problem
+
+    assert (VALID_INSTANCE_ID.fullmatch(value) is not None) == (instance_id_problem(value) is None)
+
+
+def test_instance_ids_at_the_length_limit() -> None:
+    from spookd.config.rules import VALID_INSTANCE_ID, instance_id_problem
+
+    for n in (62, 63, 64, 65):
+        value = "a" * n
+        assert (
+            (VALID_INSTANCE_ID.fullmatch(value) is not None)
+            == (instance_id_problem(value) is None)
+            == (n <= 63)
+        )

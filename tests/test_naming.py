@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spookd.naming import (
@@ -115,6 +115,7 @@ def test_reserved_env_keys_are_the_generated_suffixes() -> None:
     ]
 
 
+@settings(deadline=None)
 @given(
     st.integers(min_value=1, max_value=5),
     st.sets(st.from_regex(r"[A-Z][A-Z0-9_]{0,6}", fullmatch=True), max_size=3),

@@ -40,9 +40,9 @@ from ruamel.yaml.reader import Reader
 from spookd.config.crosscheck import DeviceIndex
 from spookd.config.model import Config, Device, DeviceMapping
 from spookd.config.rules import (
+    VALID_INSTANCE_ID,
     env_key_problem,
     extended_resource_name_problem,
-    instance_id_problem,
     node_name_ok,
 )
 from spookd.config.yamlnodes import TYPED_PLAIN
@@ -181,9 +181,13 @@ class _Walk:
             if extended_resource_name_problem(self.string(resource)) is not None:
                 raise _Doubt
             self.resources.add(resource)
-        instance = self.string(data.get("instanceID"))
-        if instance_id_problem(instance) is not None:
+        instance = data.get("instanceID")
+        # The ID's characters hold no flow indicator and no space; `-` may start one.
+        if type(instance) is not str or not VALID_INSTANCE_ID.fullmatch(instance) or instance[0] == "-":
             raise _Doubt
+        typed = TYPED_PLAIN.get(instance[0])
+        if typed is not None and typed.match(instance):
+            self.maybe_plain.add(instance)
         env = data.get("env")
         device = Device(resource, instance, self.env(env) if env is not None else ())
         if self.index.add(device, None, None) is not None:
