@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
+
 from spookd.leasing import Holding, LeaseBook, LeaseRecord
 
 KEY = ("skao.int/oscilloscope", "0001")
@@ -86,3 +90,44 @@ def test_a_holder_gives_up_a_duration_after_the_last_successful_renewal_was_sent
     held.renewed("12", sent_at=5.0)  # a late answer to an older request does not extend it
     assert held.lapsed(25.0)
     assert held.resource_version == "12"
+
+
+@pytest.mark.anyio
+async def test_a_malformed_lease_is_skipped_and_ends_nothing() -> None:
+    from types import SimpleNamespace
+
+    from kubernetes_asyncio import client
+
+    from spookd.kube.leases import LeaseClaims
+    from spookd.kube.watch import Changed, Listed
+
+    def lease(resource: str, device: str, duration: object) -> SimpleNamespace:
+        return SimpleNamespace(
+            metadata=SimpleNamespace(
+                annotations={"spookd.skao.int/resource": resource, "spookd.skao.int/device": device},
+                resource_version="7",
+            ),
+            spec=SimpleNamespace(
+                holder_identity="node-a", renew_time="t", acquire_time=None, lease_duration_seconds=duration
+            ),
+        )
+
+    api = client.ApiClient()
+    try:
+        blocked: dict[str, set[str]] = {}
+        claims = LeaseClaims(api, "ns", "node-b", "/nonexistent", lambda r, d: blocked.update({r: d}))
+        claims.set_shared([("r", "good"), ("r", "bad")])
+        claims._take(Listed([lease("r", "bad", "fifteen"), lease("r", "good", 15)], "9"))
+        assert claims.book.get(("r", "good")) is not None
+        assert claims.book.get(("r", "bad")) is None
+        assert blocked == {"r": {"good"}}
+
+        class Events:
+            async def events(self) -> AsyncIterator[Changed]:
+                yield Changed("MODIFIED", lease("r", "bad", "fifteen"), {})
+                yield Changed("MODIFIED", lease("r", "other", 15), {})
+
+        await claims._follow(Events())  # type: ignore[arg-type]
+        assert claims.book.get(("r", "other")) is not None
+    finally:
+        await api.close()

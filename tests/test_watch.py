@@ -8,10 +8,13 @@ ApiException) are exactly what a real API server's answers become.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 from kubernetes_asyncio.watch import Watch
 
@@ -71,6 +74,7 @@ class Recorded:
                 await self._decoder.close()
 
             async def _events(self) -> AsyncIterator[dict[str, Any]]:
+                await anyio.lowlevel.checkpoint()  # a real stream reads a socket: a point to cancel at
                 for raw in self._lines:
                     yield self._decoder.unmarshal_event(raw, "V1Lease")
 
@@ -144,17 +148,42 @@ async def test_an_unknown_event_type_lists_again() -> None:
 
 
 async def test_watches_that_end_at_once_are_backed_off_not_repeated_hot() -> None:
-    recorded = Recorded([])  # every watch ends at once, without an event
+    recorded = Recorded([])
+    watched_from = recorded.watched_from
+
+    class EndsAtOnce:
+        """A watch the server ends at once, without an event (no decoding: it costs ~nothing)."""
+
+        def stream(self, *_: Any, resource_version: str | None = None, **__: Any) -> EndsAtOnce:
+            watched_from.append(resource_version)
+            return self
+
+        async def __aenter__(self) -> AsyncIterator[dict[str, Any]]:
+            return self._events()
+
+        async def __aexit__(self, *_: object) -> None:
+            pass
+
+        async def _events(self) -> AsyncIterator[dict[str, Any]]:
+            await anyio.lowlevel.checkpoint()
+            return
+            yield
+
     list_watch = make(recorded)
-    list_watch.backoff = Backoff(first=0.02, cap=0.02)
+    list_watch.watch_factory = EndsAtOnce  # type: ignore[assignment]
+    list_watch.backoff = Backoff(first=0.02, cap=0.02)  # 10-20 ms between attempts
 
     async def run() -> None:
         async for _ in list_watch.events():
             pass
 
-    import anyio
-
-    with anyio.move_on_after(0.3):
-        await run()
-    # 0.3 s at 10-20 ms between attempts: at most ~30 watches, not thousands
-    assert 3 <= len(recorded.watched_from) <= 40, len(recorded.watched_from)
+    started = time.monotonic()
+    with anyio.move_on_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            while len(recorded.watched_from) < 6:
+                await anyio.sleep(0.001)
+            tg.cancel_scope.cancel()
+    elapsed = time.monotonic() - started
+    # five pauses of at least 10 ms between six watches; without them, six watches take < 1 ms
+    assert elapsed >= 0.05, f"6 watches in {elapsed * 1000:.1f} ms: no backoff between them"

@@ -16,7 +16,6 @@ a Lease is live is judged by observation on this node's monotonic clock
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -24,19 +23,17 @@ from typing import Any
 import aiohttp
 import anyio
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 from loguru import logger
 
 from spookd.claims import ClaimRefused
+from spookd.kube.leaseapi import LeaseApi
 from spookd.kube.leaserecords import (
     DEVICE_LABEL,
-    LABELS,
     Key,
     json_lease_record,
     lease_key,
     lease_name,
     lease_record,
-    now_text,
 )
 from spookd.kube.podresources import PodResourcesReader
 from spookd.kube.watch import WATCH_SERVER_TIMEOUT, Changed, Listed, ListWatch
@@ -76,6 +73,7 @@ class LeaseClaims:
         self.node_name = node_name
         self.pod_resources_socket = pod_resources_socket
         self.pod_resources = PodResourcesReader(pod_resources_socket, REQUEST_TIMEOUT)
+        self.leases = LeaseApi(api, namespace, node_name, lease_duration, REQUEST_TIMEOUT)
         self.on_blocked = on_blocked
         self.lease_duration = lease_duration
         self.claim_grace = claim_grace
@@ -149,58 +147,6 @@ class LeaseClaims:
 
     # -- the lease protocol ------------------------------------------------
 
-    def _path(self, name: str | None = None) -> str:
-        base = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
-        return f"{base}/{name}" if name else base
-
-    async def _call(
-        self, method: str, path: str, body: Any = None, request_timeout: float = REQUEST_TIMEOUT, **query: str
-    ) -> tuple[int, dict[str, Any]]:
-        try:
-            response = await self.api.call_api(
-                path,
-                method,
-                query_params=list(query.items()),
-                header_params={"Content-Type": "application/json", "Accept": "application/json"},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=request_timeout,
-            )
-        except ApiException as exc:
-            try:
-                payload = json.loads(exc.body) if exc.body else {}
-            except ValueError:
-                payload = {}
-            return exc.status, payload if isinstance(payload, dict) else {}
-        data = await response.read()
-        answer = json.loads(data) if data else {}
-        return response.status, answer if isinstance(answer, dict) else {}
-
-    def _lease_body(
-        self, resource: str, device_id: str, resource_version: str | None = None
-    ) -> dict[str, Any]:
-        now = now_text()
-        metadata: dict[str, Any] = {
-            "name": lease_name(resource, device_id),
-            "namespace": self.namespace,
-            "labels": {**LABELS, DEVICE_LABEL: lease_name(resource, device_id).removeprefix("spookd-")},
-            "annotations": {"spookd.skao.int/resource": resource, "spookd.skao.int/device": device_id},
-        }
-        if resource_version:
-            metadata["resourceVersion"] = resource_version
-        return {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": metadata,
-            "spec": {
-                "holderIdentity": self.node_name,
-                "leaseDurationSeconds": max(1, round(self.lease_duration)),
-                "acquireTime": now,
-                "renewTime": now,
-            },
-        }
-
     def _own(self, key: Key) -> bool:
         held = self.held.get(key)
         return held is not None and not held.lapsed(self.clock())
@@ -224,8 +170,8 @@ class LeaseClaims:
             if seen is not None:
                 # Replace exactly the record observed: a renewal or another claim since
                 # then changes the resourceVersion and this write fails with 409.
-                body = self._lease_body(resource, device_id, seen.record.resource_version)
-                status, lease = await self._call("PUT", self._path(name), body)
+                body = self.leases.body(resource, device_id, seen.record.resource_version)
+                status, lease = await self.leases.call("PUT", self.leases.path(name), body)
                 if status == 409:
                     raise ClaimRefused(
                         self._refusal(resource, device_id, "another node claimed it at the same moment")
@@ -233,7 +179,9 @@ class LeaseClaims:
                 if status < 300:
                     self._check(status, lease, "take over")
             if status == 404:
-                status, lease = await self._call("POST", self._path(), self._lease_body(resource, device_id))
+                status, lease = await self.leases.call(
+                    "POST", self.leases.path(), self.leases.body(resource, device_id)
+                )
                 if status == 409:
                     status, lease = await self._adopt(resource, device_id)
                 self._check(status, lease, "create")
@@ -253,13 +201,13 @@ class LeaseClaims:
         the device label existed are not watched at all: one read tells which.
         """
         name = lease_name(resource, device_id)
-        status, lease = await self._call("GET", self._path(name))
+        status, lease = await self.leases.call("GET", self.leases.path(name))
         if status == 200:
             record = self._record(lease, "read")
             self.book.observe((resource, device_id), record, self.clock())
             if record.holder == self.node_name:
-                body = self._lease_body(resource, device_id, record.resource_version)
-                status, lease = await self._call("PUT", self._path(name), body)
+                body = self.leases.body(resource, device_id, record.resource_version)
+                status, lease = await self.leases.call("PUT", self.leases.path(name), body)
                 if status < 300:
                     return status, lease
             elif record.holder:
@@ -294,7 +242,7 @@ class LeaseClaims:
         name = lease_name(resource, device_id)
         body = {"preconditions": {"resourceVersion": held.resource_version}}
         try:
-            status, _ = await self._call("DELETE", self._path(name), body)
+            status, _ = await self.leases.call("DELETE", self.leases.path(name), body)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             logger.warning(
                 "cannot release device claim: {error}", error=str(exc), resource=resource, device=device_id
@@ -325,13 +273,13 @@ class LeaseClaims:
                 continue
             resource, device_id = key
             name = lease_name(resource, device_id)
-            body = self._lease_body(resource, device_id, held.resource_version)
+            body = self.leases.body(resource, device_id, held.resource_version)
             sent_at = self.clock()
             try:
                 # A renewal that takes longer than a third of the duration is retried
                 # rather than waited for: the claim must not lapse behind one slow call.
-                status, lease = await self._call(
-                    "PUT", self._path(name), body, request_timeout=max(1.0, self.lease_duration / 3)
+                status, lease = await self.leases.call(
+                    "PUT", self.leases.path(name), body, request_timeout=max(1.0, self.lease_duration / 3)
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 logger.warning("cannot renew device claims: {error}", error=str(exc) or type(exc).__name__)
@@ -410,24 +358,36 @@ class LeaseClaims:
 
     async def _follow(self, list_watch: ListWatch) -> None:
         async for event in list_watch.events():
-            now = self.clock()
-            if isinstance(event, Listed):
-                records = {}
-                for lease in event.items:
+            try:
+                self._take(event)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # One Lease of an unexpected shape must not end the daemon.
+                logger.error(
+                    "ignoring a malformed Lease event: {error}", error=f"{type(exc).__name__}: {exc}"
+                )
+
+    def _take(self, event: Listed | Changed) -> None:
+        now = self.clock()
+        if isinstance(event, Listed):
+            records = {}
+            for lease in event.items:
+                try:
                     key = lease_key(lease)
                     if key is not None:
                         records[key] = lease_record(lease)
-                self.book.replace_all(records, now)
-                self._synced.set()
-            elif isinstance(event, Changed):
-                key = lease_key(event.obj)
-                if key is None:
-                    continue
-                if event.kind == "DELETED":
-                    self.book.forget(key)
-                else:
-                    self.book.observe(key, lease_record(event.obj), now)
-            self._publish_blocked()
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    logger.error("ignoring a malformed Lease: {error}", error=f"{type(exc).__name__}: {exc}")
+            self.book.replace_all(records, now)
+            self._synced.set()
+        elif isinstance(event, Changed):
+            key = lease_key(event.obj)
+            if key is None:
+                return
+            if event.kind == "DELETED":
+                self.book.forget(key)
+            else:
+                self.book.observe(key, lease_record(event.obj), now)
+        self._publish_blocked()
 
     async def _usage_loop(self) -> None:
         while True:
