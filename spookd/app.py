@@ -77,6 +77,8 @@ async def run(
 ) -> None:
     """Serve the node's devices from ``source`` until SIGTERM/SIGINT."""
     state = state or AppState(node_name=node_name)
+    if http_addr is not None:
+        metrics.enable()
     logger.info("starting", node=node_name, plugin_dir=str(plugin_dir))
     servers = Servers(
         plugin_dir,
