@@ -28,6 +28,7 @@ def measure(
     plugin_dir = short_dir("bal-")
     workdir = short_dir("bal-w-")
     rows: list[dict[str, Any]] = []
+    cpu: dict[int, tuple[float, float]] = {}
     try:
         with NodeHarness(log_dir=workdir) as node:
             node.start(plugin_dir)
@@ -46,23 +47,33 @@ def measure(
                         ),
                         timeout=30,
                     )
-                    argv = [
-                        str(build("allocbench")),
-                        f"-target=spookd={plugin_dir / SPOOKD_SOCKET}",
-                        f"-target=go={go.socket_path}",
-                        "-id-prefix=dev-",
-                        f"-sizes={','.join(map(str, SIZES))}",
-                        f"-calls={calls}",
-                        f"-rounds={rounds}",
-                        f"-warmup={warmup}",
-                    ]
-                    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
-                    if done.returncode != 0:
-                        raise RuntimeError(f"allocbench failed: {done.stderr}\n{spookd.log_tail()}")
-                    for line in done.stdout.splitlines():
-                        row = json.loads(line)
-                        if not row.get("done"):
-                            rows.append(row)
+                    assert go.proc is not None
+                    for size in SIZES:
+                        argv = [
+                            str(build("allocbench")),
+                            f"-target=spookd={plugin_dir / SPOOKD_SOCKET}",
+                            f"-target=go={go.socket_path}",
+                            "-id-prefix=dev-",
+                            f"-sizes={size}",
+                            f"-calls={calls}",
+                            f"-rounds={rounds}",
+                            f"-warmup={warmup}",
+                        ]
+                        before = cpu_ns(spookd.pid), cpu_ns(go.proc.pid)
+                        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
+                        after = cpu_ns(spookd.pid), cpu_ns(go.proc.pid)
+                        if done.returncode != 0:
+                            raise RuntimeError(f"allocbench failed: {done.stderr}\n{spookd.log_tail()}")
+                        # every call of the run: warm-up and rounds, each target alike
+                        per_target = warmup + calls * rounds
+                        cpu[size] = (
+                            (after[0] - before[0]) / per_target / 1000,
+                            (after[1] - before[1]) / per_target / 1000,
+                        )
+                        for line in done.stdout.splitlines():
+                            row = json.loads(line)
+                            if not row.get("done"):
+                                rows.append(row)
                 finally:
                     go.stop()
             finally:
@@ -70,7 +81,33 @@ def measure(
     finally:
         shutil.rmtree(plugin_dir, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
-    return figures(rows, calls), rows
+    return figures(rows, calls) + cpu_figures(cpu, calls, rounds, warmup), rows
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of a process so far, summed over its threads (ns)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def cpu_figures(cpu: dict[int, tuple[float, float]], calls: int, rounds: int, warmup: int) -> list[Figure]:
+    """Server CPU per Allocate call: steadier than latency on a loaded machine (no waiting counted)."""
+    return [
+        Figure(
+            name=f"Allocate server CPU per call, {size} device{'s' if size > 1 else ''}",
+            unit="µs",
+            values=[mine],
+            reference=[ref],
+            note=f"CPU of the whole plugin process over {warmup + calls * rounds} calls "
+            f"(schedstat, all threads); Go {ref:.0f} µs",
+        )
+        for size, (mine, ref) in sorted(cpu.items())
+    ]
 
 
 def figures(rows: list[dict[str, Any]], calls: int) -> list[Figure]:

@@ -19,8 +19,8 @@ from pathlib import Path
 from support.apiserver import ApiServer
 from support.nodeharness import GoPlugin, NodeHarness
 
-from bench.common import Figure, Spookd, Target, fmt, resources_config, short_dir, write_atomic
-from bench.configmap import NAMESPACE, _put
+from bench.common import Figure, Spookd, Target, fmt, resources_config, rss_kib, short_dir, write_atomic
+from bench.configmap import NAMESPACE, _put, floor_mib
 from bench.node import Poller, all_served
 
 RESOURCES = 10
@@ -121,12 +121,15 @@ def measure(seconds: float = 60.0, windows: int = 1, *, configmap: bool = True) 
                         time.sleep(SETTLE)
                         mine: list[Idle] = []
                         ref: list[Idle] = []
+                        rss: list[float] = []
                         for _ in range(windows):
                             before, go_before = Counters.read([spookd.pid]), Counters.read(go_pids)
                             time.sleep(seconds)
                             after, go_after = Counters.read([spookd.pid]), Counters.read(go_pids)
                             mine.append(Idle.between(before, after))
                             ref.append(Idle.between(go_before, go_after))
+                            rss.append(spookd.rss_kib() / 1024)
+                        go_rss = [rss_kib(pid) / 1024 for pid in go_pids]
                         if not spookd.alive():
                             raise RuntimeError(f"spookd died while idle:\n{spookd.log_tail()}")
                     finally:
@@ -158,6 +161,31 @@ def measure(seconds: float = 60.0, windows: int = 1, *, configmap: bool = True) 
                             f"{fmt(statistics.median(r.wakeups for r in ref))} /s for all {RESOURCES}",
                         )
                     )
+                    rss_note = (
+                        f"VmRSS at the end of the window; each Go stub {fmt(statistics.median(go_rss))} MiB"
+                    )
+                    if on_api:
+                        floor = statistics.median(floor_mib())
+                        figures.append(
+                            Figure(
+                                name=f"RSS idle, {RESOURCES} resources ({label}) above the floor",
+                                unit="MiB",
+                                values=[r - floor for r in rss],
+                                target=Target(8, "≤ 8 MiB"),
+                                note=f"{rss_note}; RSS {fmt(statistics.median(rss))} MiB, floor "
+                                f"`import kubernetes_asyncio.client` {fmt(floor)} MiB",
+                            )
+                        )
+                    else:
+                        figures.append(
+                            Figure(
+                                name=f"RSS idle, {RESOURCES} resources ({label})",
+                                unit="MiB",
+                                values=rss,
+                                target=Target(40, "≤ 40 MiB ²"),
+                                note=rss_note,
+                            )
+                        )
                     time.sleep(1.0)
             finally:
                 for g in gos:

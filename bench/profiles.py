@@ -287,3 +287,42 @@ def idle_timers(configmap: bool, seconds: float = 20.0) -> str:
             server.close()
         shutil.rmtree(plugin_dir, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def answer_costs(sizes: tuple[int, ...] = (1, 8, 64)) -> str:
+    """What an Allocate answer costs to compute and encode when it is not kept yet (µs, in-process)."""
+    from spookd.config.model import Device
+    from spookd.deviceplugin.service import DevicePluginService
+
+    class Served:
+        resource_name = WIDGET
+
+        def __init__(self, devices: dict[str, Device]) -> None:
+            self.devices = devices
+            self.blocked: set[str] = set()
+
+        def get(self, device_id: str) -> Device | None:
+            return self.devices.get(device_id)
+
+    devices = {
+        f"dev-{i}": Device(WIDGET, f"dev-{i}", env=(("IP", f"10.0.0.{i}"), ("PORT", str(8000 + i))))
+        for i in range(DEVICES)
+    }
+    service = DevicePluginService(Served(devices), None, lambda: 0)  # type: ignore[arg-type]
+    parts = []
+    for n in sizes:
+        requested = (tuple(f"dev-{i}" for i in range(n)),)
+
+        def miss(requested: tuple[tuple[str, ...], ...] = requested) -> object:
+            service._answers.clear()
+            return service._answer(requested)
+
+        def hit(requested: tuple[tuple[str, ...], ...] = requested) -> object:
+            answer = service._answers.get(requested)
+            return answer is not None and answer.still_served(service._devices)
+
+        miss()
+        k = 300 if n >= 64 else 2000
+        parts.append(f"{n} device{'s' if n > 1 else ''}: {_per_call_us(miss, k):.0f} µs to compute and "
+                     f"encode, {_per_call_us(hit, k):.1f} µs to find and check a kept one")  # fmt: skip
+    return "; ".join(parts)

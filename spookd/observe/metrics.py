@@ -8,6 +8,7 @@ about 2.8 MiB of resident memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from spookd import __version__
@@ -45,17 +46,13 @@ class _Unrecorded:
     def labels(self, *values: str, **named: str) -> _Unrecorded:
         return self
 
-    def inc(self, amount: float = 1) -> None:
-        pass
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        # inc, set, observe, remove, info, ...: whatever the metric's type offers
+        return _nothing
 
-    def set(self, value: float) -> None:
-        pass
 
-    def observe(self, value: float) -> None:
-        pass
-
-    def remove(self, *values: str) -> None:
-        pass
+def _nothing(*args: object, **kwargs: object) -> None:
+    pass
 
 
 _UNRECORDED = _Unrecorded()
