@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -36,8 +37,9 @@ from e2e.cluster import HOST_IP, LOGS, NODE_IP, NODE_NAME, PLUGIN_MANIFEST, STAT
 from e2e.host import E2EError, wait_for
 from support import gobuild
 
-# Cold Go and image builds come first; nothing is timed.
-pytestmark = pytest.mark.timeout(1800)
+# The first test's set-up does the cold builds (on a new machine the kubelet binary
+# alone takes about 8 min, containerd 3, kubectl and the image a few each); nothing is timed.
+pytestmark = pytest.mark.timeout(3000)
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DEPLOYMENT = REPO / "deploy" / "spookd-test-deployment.yaml"
@@ -552,3 +554,177 @@ def test_spookd_keeps_serving_after_minutes_of_watching(
     thingamajigs = [{"resourceName": "example.com/thingamajig", "instanceID": i} for i in ("A1234", "B5678")]
     cluster.kubectl("apply", "-f", "-", input=edited_configmap(widgets + thingamajigs))
     wait_capacity(cluster, "3", "2", timeout=30)
+
+
+# -- Helm, live, on the same node ------------------------------------------------------------
+
+HELM_DEVICES: list[dict[str, Any]] = [
+    {"resourceName": "example.com/widget", "instanceID": "0001", "env": {"IP": "192.168.0.200", "PORT": 12345}},
+    {"resourceName": "example.com/widget", "instanceID": "0002", "env": {"IP": "192.168.0.201", "PORT": 12345}},
+    {"resourceName": "example.com/thingamajig", "instanceID": "A1234"},
+    {"resourceName": "example.com/thingamajig", "instanceID": "B5678"},
+]  # fmt: skip
+
+
+def helm_values(path: Path, devices: list[dict[str, Any]]) -> Path:
+    """A values file carrying ``deviceMapping`` (and stale-resource cleanup on)."""
+    values = {
+        "deviceMapping": [{"hosts": [NODE_NAME], "devices": devices}],
+        "rbac": {"cleanupStaleResources": True},
+    }
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
+def spookd_pods(cluster: Cluster) -> list[dict[str, Any]]:
+    answer = cluster.client().request(
+        "GET", "/api/v1/namespaces/kube-system/pods", query={"labelSelector": "app.kubernetes.io/name=spookd"}
+    )
+    items: list[dict[str, Any]] = answer.json.get("items", [])
+    return items
+
+
+@pytest.fixture(scope="module")
+def helm_release(
+    cluster: Cluster, walkthrough: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The manifest's objects deleted, then ``helm install`` of helm/spookd with a values file."""
+    from support.helm import helm_binary
+
+    helm = str(helm_binary())
+    deleted = cluster.kubectl("delete", "-f", "deploy/spookd-device-plugin.yaml").stdout
+    wait_for("the manifest's Spookd pod to be gone", lambda: not spookd_pods(cluster) or None, 60)
+    values = helm_values(tmp_path_factory.mktemp("helm") / "values.yaml", HELM_DEVICES)
+    installed = cluster.shell(
+        [helm, "install", "spookd", "helm/spookd", "-n", "kube-system", "-f", str(values), "--wait", "--timeout=180s"]
+    ).stdout  # fmt: skip
+    # helm --wait counts a DaemonSet ready with maxUnavailable (1) pods not ready, so on
+    # one node it returns at once: wait as an operator does.
+    cluster.kubectl("-n", "kube-system", "rollout", "status", "daemonset/spookd", "--timeout=120s")
+    return {"helm": helm, "values": values, "deleted": deleted, "installed": installed}
+
+
+def test_helm_install_serves_the_node_after_the_manifest_is_deleted(
+    cluster: Cluster, helm_release: dict[str, Any]
+) -> None:
+    assert 'daemonset.apps "spookd" deleted' in helm_release["deleted"], helm_release["deleted"]
+    assert "STATUS: deployed" in helm_release["installed"], helm_release["installed"]
+    table = cluster.kubectl("-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/name=spookd").stdout
+    [row] = rows(table)
+    assert row[1:4] == ["1/1", "Running", "0"], table
+    wait_capacity(cluster, "2", "2")
+    # Both consumers kept their devices while no Spookd ran.
+    envs = sorted(exec_env(cluster, pod) for pod in pods(cluster))
+    assert envs == sorted(
+        [
+            expected_env("0001", "A1234", WIDGET),
+            expected_env("0002", "B5678", {"IP": "192.168.0.201", "PORT": "12345"}),
+        ]
+    )
+
+
+def test_helm_upgrade_with_a_changed_mapping_applies_without_a_pod_restart(
+    cluster: Cluster, helm_release: dict[str, Any]
+) -> None:
+    before = cluster.spookd_pod()
+    third = {"resourceName": "example.com/widget", "instanceID": "0003", "env": {"IP": "192.168.0.202"}}
+    values = helm_values(helm_release["values"].parent / "values-2.yaml", [*HELM_DEVICES, third])
+    cluster.shell(
+        [helm_release["helm"], "upgrade", "spookd", "helm/spookd", "-n", "kube-system", "-f", str(values), "--wait"]
+    )  # fmt: skip
+    helm_release["values"] = values
+    wait_capacity(cluster, "3", "2", timeout=30)
+    after = cluster.spookd_pod()
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert after["status"]["containerStatuses"][0]["restartCount"] == 0
+    daemonset = cluster.client().get("apps/v1", "DaemonSet", "spookd", "kube-system")
+    assert daemonset["metadata"]["generation"] == 1, "the pod template must not change with the mapping"
+
+
+def test_helm_upgrade_of_the_image_tag_rolls_the_pod_never_two_at_once(
+    cluster: Cluster, helm_release: dict[str, Any]
+) -> None:
+    # A second tag of the same image, as a new release would be (nothing can be pushed).
+    cluster.containerd.ctr("images", "tag", "--force", spookd_image.IMAGE, "ghcr.io/spookd/spookd:0.1.1")
+    old = cluster.spookd_pod()
+    seen: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            running = [
+                p["metadata"]["uid"]
+                for p in spookd_pods(cluster)
+                if any("running" in s.get("state", {}) for s in p["status"].get("containerStatuses", []))
+            ]
+            seen.append((time.monotonic(), len(running)))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        cluster.shell(
+            [
+                helm_release["helm"], "upgrade", "spookd", "helm/spookd", "-n", "kube-system",
+                "-f", str(helm_release["values"]), "--set", "image.tag=0.1.1", "--wait", "--timeout=180s",
+            ]
+        )  # fmt: skip
+        new = wait_for(
+            "the new pod Ready",
+            lambda: next(
+                (
+                    p
+                    for p in spookd_pods(cluster)
+                    if p["metadata"]["uid"] != old["metadata"]["uid"]
+                    and ready(p)
+                    and len(spookd_pods(cluster)) == 1
+                ),
+                None,
+            ),
+            120,
+        )
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert max(count for _, count in seen) == 1, "two Spookd containers ran at once on the node"
+    assert new["spec"]["containers"][0]["image"] == "ghcr.io/spookd/spookd:0.1.1"
+    # Registered within 5 s of the new container's start (startedAt has 1 s resolution).
+    started = datetime.fromisoformat(new["status"]["containerStatuses"][0]["state"]["running"]["startedAt"])
+    logs = cluster.kubectl("-n", "kube-system", "logs", new["metadata"]["name"]).stdout
+    records = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    registered = sorted(log_time(r) for r in records if r["message"] == "registered")
+    assert len(registered) >= 2, records
+    seconds = (registered[1] - started).total_seconds()
+    cluster.timings["helm upgrade: new pod start to both registered (1 s resolution)"] = seconds
+    cluster.timings["helm upgrade: new pod's first log line to both registered"] = (
+        registered[1] - log_time(records[0])
+    ).total_seconds()
+    (LOGS / "spookd-after-upgrade.log").write_text(logs)
+    assert seconds < 5, f"registered {seconds:.1f} s after the container started: {records[:12]}"
+    wait_capacity(cluster, "3", "2", timeout=60)
+    envs = sorted(exec_env(cluster, pod) for pod in pods(cluster))
+    assert envs == sorted(
+        [
+            expected_env("0001", "A1234", WIDGET),
+            expected_env("0002", "B5678", {"IP": "192.168.0.201", "PORT": "12345"}),
+        ]
+    )
+
+
+def test_helm_uninstall_removes_the_sockets_and_the_allocatable_devices(
+    cluster: Cluster, helm_release: dict[str, Any]
+) -> None:
+    cluster.shell([helm_release["helm"], "uninstall", "spookd", "-n", "kube-system", "--wait"])
+    wait_for("Spookd's pod to be gone", lambda: not spookd_pods(cluster) or None, 60)
+    listing = cluster.node_command(["ls", "/var/lib/kubelet/device-plugins"]).stdout.split()
+    assert [name for name in listing if name.startswith("spookd-")] == [], listing
+    wait_capacity_allocatable_zero(cluster)
+
+
+def wait_capacity_allocatable_zero(cluster: Cluster) -> None:
+    def withdrawn() -> bool | None:
+        allocatable = cluster.node()["status"]["allocatable"]
+        names = ("example.com/widget", "example.com/thingamajig")
+        return True if all(allocatable.get(n, "0") == "0" for n in names) else None
+
+    wait_for("allocatable 0 for Spookd's resources", withdrawn, 60)
