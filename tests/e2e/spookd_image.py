@@ -19,8 +19,6 @@ image is made once per machine; a later run builds only the Containerfile (with
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -167,10 +165,3 @@ def _make_base(buildah: _Buildah, work: Path, log: Path) -> None:
         raise
     finally:
         rootfs.unlink(missing_ok=True)
-
-
-def remove_storage(work: Path) -> None:
-    """Everything buildah keeps (for a cold build)."""
-    shutil.rmtree(work / "storage", ignore_errors=True)
-    if os.path.exists(work / "spookd.tar"):
-        (work / "spookd.tar").unlink()
