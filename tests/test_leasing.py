@@ -131,3 +131,12 @@ async def test_a_malformed_lease_is_skipped_and_ends_nothing() -> None:
         assert claims.book.get(("r", "other")) is not None
     finally:
         await api.close()
+
+
+def test_nothing_expires_while_this_node_cannot_observe() -> None:
+    # The watch is broken: a renewal may have happened unseen, so the age proves nothing.
+    book = LeaseBook()
+    book.observe(KEY, record(), now=0.0)
+    assert book.held_elsewhere(KEY, "node-b", now=100.0, observing=False)
+    assert not book.may_take(KEY, "node-b", now=100.0, observing=False)
+    assert not book.held_elsewhere(KEY, "node-b", now=100.0, observing=True)

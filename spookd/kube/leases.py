@@ -116,6 +116,7 @@ class LeaseClaims:
                 f"not allowed to read the device Leases in namespace {self.namespace}; give Spookd's "
                 "ServiceAccount get, list, watch, create, update and delete on leases (Helm rbac.exclusive)"
             ),
+            relist_after_error=True,
             label_selector=f"app.kubernetes.io/managed-by=spookd,{DEVICE_LABEL} in ({hashes})",
         )
 
@@ -159,7 +160,9 @@ class LeaseClaims:
         async with self._lock:
             seen = self.book.get(key)
             sent_at = self.clock()
-            if seen is not None and not self.book.may_take(key, self.node_name, sent_at):
+            if seen is not None and not self.book.may_take(
+                key, self.node_name, sent_at, observing=self._observing()
+            ):
                 raise ClaimRefused(self._refusal(resource, device_id, f"node {seen.record.holder} holds it"))
             status, lease = 404, dict[str, Any]()
             if seen is not None:
@@ -391,7 +394,7 @@ class LeaseClaims:
         for key in sorted(in_use & self.shared):
             if key in self.held or self._retry_after.get(key, 0.0) > now:
                 continue
-            if self.book.may_take(key, self.node_name, now):
+            if self.book.may_take(key, self.node_name, now, observing=self._observing()):
                 try:
                     await self._claim_one(*key)
                 except ClaimRefused as exc:
@@ -402,11 +405,15 @@ class LeaseClaims:
             if key not in in_use and now - held.since > self.claim_grace:
                 await self._release(*key)
 
+    def _observing(self) -> bool:
+        return self.list_watch is not None and self.list_watch.in_sync
+
     def _publish_blocked(self) -> None:
         blocked: dict[str, set[str]] = {}
         now = self.clock()
+        observing = self._observing()
         for key in self.shared:
-            if not self._own(key) and self.book.held_elsewhere(key, self.node_name, now):
+            if not self._own(key) and self.book.held_elsewhere(key, self.node_name, now, observing=observing):
                 blocked.setdefault(key[0], set()).add(key[1])
         for resource in set(blocked) | set(self._blocked):
             if blocked.get(resource, set()) != self._blocked.get(resource, set()):

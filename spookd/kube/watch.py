@@ -68,6 +68,7 @@ class ListWatch:
         read_timeout: float = CLIENT_READ_TIMEOUT,
         watch_factory: Callable[[], Watch] = Watch,
         backoff: Backoff | None = None,
+        relist_after_error: bool = False,
         **selectors: str,
     ) -> None:
         self.list_call = list_call
@@ -81,6 +82,11 @@ class ListWatch:
         self.read_timeout = read_timeout
         self.watch_factory = watch_factory
         self.backoff = backoff or Backoff()
+        #: After a failed request, LIST again rather than resume: the caller then knows
+        #: the state again at once, not only at the next change.
+        self.relist_after_error = relist_after_error
+        #: True from a successful LIST until the next failure: the events since then are all known.
+        self.in_sync = False
         self.resource_version: str | None = None
         #: LIST and WATCH requests sent so far.
         self.requests = 0
@@ -147,6 +153,9 @@ class ListWatch:
                     **self.log_fields,
                 )
                 self.resource_version = None
+            if self.relist_after_error:
+                self.in_sync = False
+                self.resource_version = None
             await anyio.sleep(self.backoff.next_delay())
 
     async def list(self) -> Listed:
@@ -158,6 +167,7 @@ class ListWatch:
         if not isinstance(resource_version, str) or not resource_version:
             raise ValueError(f"the {self.what} listing carries no resourceVersion")
         self.resource_version = resource_version
+        self.in_sync = True
         return Listed(list(listing.items or []), resource_version)
 
     async def watch(self) -> AsyncIterator[Changed]:
