@@ -83,6 +83,17 @@ class LeaseBook:
         for key, record in records.items():
             self.observe(key, record, now)
 
+    def discount(self, blind: float) -> None:
+        """This node could not observe for ``blind`` seconds: that time does not count as seen.
+
+        During an API server outage nobody can renew; counting it against the holder
+        would offer its device elsewhere the moment the API server is back.
+        """
+        if blind > 0:
+            self._seen = {
+                key: Observation(seen.record, seen.seen_at + blind) for key, seen in self._seen.items()
+            }
+
     def get(self, key: Key) -> Observation | None:
         """The current observation of a device's Lease, if any."""
         return self._seen.get(key)

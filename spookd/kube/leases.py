@@ -86,6 +86,8 @@ class LeaseClaims:
         self.list_watch: ListWatch | None = None
         self.watched: frozenset[Key] = frozenset()
         self._synced = anyio.Event()
+        #: Since when (local monotonic time) the Lease watch has been broken, if it is.
+        self._blind_since: float | None = None
         #: Set when the devices to watch differ from those watched.
         self._rewatch = anyio.Event()
         self._blocked: dict[str, set[str]] = {}
@@ -352,6 +354,9 @@ class LeaseClaims:
     def _take(self, event: Listed | Changed) -> None:
         now = self.clock()
         if isinstance(event, Listed):
+            if self._blind_since is not None:
+                self.book.discount(now - self._blind_since)
+                self._blind_since = None
             records = {}
             for lease in event.items:
                 try:
@@ -406,7 +411,10 @@ class LeaseClaims:
                 await self._release(*key)
 
     def _observing(self) -> bool:
-        return self.list_watch is not None and self.list_watch.in_sync
+        observing = self.list_watch is not None and self.list_watch.in_sync
+        if not observing and self._blind_since is None and self._synced.is_set():
+            self._blind_since = self.clock()
+        return observing
 
     def _publish_blocked(self) -> None:
         blocked: dict[str, set[str]] = {}
