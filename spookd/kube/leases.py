@@ -118,7 +118,6 @@ class LeaseClaims:
                 f"not allowed to read the device Leases in namespace {self.namespace}; give Spookd's "
                 "ServiceAccount get, list, watch, create, update and delete on leases (Helm rbac.exclusive)"
             ),
-            relist_after_error=True,
             label_selector=f"app.kubernetes.io/managed-by=spookd,{DEVICE_LABEL} in ({hashes})",
         )
 
@@ -352,11 +351,9 @@ class LeaseClaims:
                 )
 
     def _take(self, event: Listed | Changed) -> None:
+        self._observing()  # first discount a blind spell this event ends
         now = self.clock()
         if isinstance(event, Listed):
-            if self._blind_since is not None:
-                self.book.discount(now - self._blind_since)
-                self._blind_since = None
             records = {}
             for lease in event.items:
                 try:
@@ -411,9 +408,14 @@ class LeaseClaims:
                 await self._release(*key)
 
     def _observing(self) -> bool:
+        """The watch is in sync; the time it was not is taken off every observation's age."""
         observing = self.list_watch is not None and self.list_watch.in_sync
-        if not observing and self._blind_since is None and self._synced.is_set():
-            self._blind_since = self.clock()
+        if not observing:
+            if self._blind_since is None and self._synced.is_set():
+                self._blind_since = self.clock()
+        elif self._blind_since is not None:
+            self.book.discount(self.clock() - self._blind_since)
+            self._blind_since = None
         return observing
 
     def _publish_blocked(self) -> None:

@@ -68,7 +68,6 @@ class ListWatch:
         read_timeout: float = CLIENT_READ_TIMEOUT,
         watch_factory: Callable[[], Watch] = Watch,
         backoff: Backoff | None = None,
-        relist_after_error: bool = False,
         **selectors: str,
     ) -> None:
         self.list_call = list_call
@@ -82,10 +81,8 @@ class ListWatch:
         self.read_timeout = read_timeout
         self.watch_factory = watch_factory
         self.backoff = backoff or Backoff()
-        #: After a failed request, LIST again rather than resume: the caller then knows
-        #: the state again at once, not only at the next change.
-        self.relist_after_error = relist_after_error
-        #: True from a successful LIST until the next failure: the events since then are all known.
+        #: True from a successful LIST, or an event of a resumed watch, until the next
+        #: failure: what the caller saw since then is all there was.
         self.in_sync = False
         self.resource_version: str | None = None
         #: LIST and WATCH requests sent so far.
@@ -153,9 +150,7 @@ class ListWatch:
                     **self.log_fields,
                 )
                 self.resource_version = None
-            if self.relist_after_error:
-                self.in_sync = False
-                self.resource_version = None
+            self.in_sync = False
             await anyio.sleep(self.backoff.next_delay())
 
     async def list(self) -> Listed:
@@ -201,6 +196,7 @@ class ListWatch:
                 if not isinstance(resource_version, str) or not resource_version:
                     raise ValueError(f"a {self.what} watch event carries no resourceVersion")
                 self.resource_version = resource_version
+                self.in_sync = True
                 if kind == "BOOKMARK":
                     continue
                 if kind not in ("ADDED", "MODIFIED", "DELETED"):
