@@ -83,23 +83,35 @@ class LeaseBook:
         for key, record in records.items():
             self.observe(key, record, now)
 
+    def discount(self, blind: float) -> None:
+        """This node could not observe for ``blind`` seconds: that time does not count as seen.
+
+        During an API server outage nobody can renew; counting it against the holder
+        would offer its device elsewhere the moment the API server is back.
+        """
+        if blind > 0:
+            self._seen = {
+                key: Observation(seen.record, seen.seen_at + blind) for key, seen in self._seen.items()
+            }
+
     def get(self, key: Key) -> Observation | None:
         """The current observation of a device's Lease, if any."""
         return self._seen.get(key)
 
-    def held_elsewhere(self, key: Key, me: str, now: float) -> bool:
-        """Another node names itself holder and the record has not expired by observation."""
+    def held_elsewhere(self, key: Key, me: str, now: float, *, observing: bool = True) -> bool:
+        """Another node names itself holder and the record has not expired by observation.
+
+        While this node cannot observe (its watch broken, not yet listed again), time
+        passing proves nothing: a renewal may have happened unseen, so nothing expires.
+        """
         seen = self._seen.get(key)
         if seen is None or not seen.record.holder or seen.record.holder == me:
             return False
-        return not seen.expired(now)
+        return not observing or not seen.expired(now)
 
-    def may_take(self, key: Key, me: str, now: float) -> bool:
+    def may_take(self, key: Key, me: str, now: float, *, observing: bool = True) -> bool:
         """This node may write the Lease: nobody holds it, it is ours, or it expired by observation."""
-        seen = self._seen.get(key)
-        if seen is None or not seen.record.holder or seen.record.holder == me:
-            return True
-        return seen.expired(now)
+        return not self.held_elsewhere(key, me, now, observing=observing)
 
     def next_expiry(self, me: str, now: float) -> float | None:
         """The earliest future local time at which a Lease held elsewhere expires."""

@@ -131,3 +131,20 @@ async def test_a_malformed_lease_is_skipped_and_ends_nothing() -> None:
         assert claims.book.get(("r", "other")) is not None
     finally:
         await api.close()
+
+
+def test_nothing_expires_while_this_node_cannot_observe() -> None:
+    # The watch is broken: a renewal may have happened unseen, so the age proves nothing.
+    book = LeaseBook()
+    book.observe(KEY, record(), now=0.0)
+    assert book.held_elsewhere(KEY, "node-b", now=100.0, observing=False)
+    assert not book.may_take(KEY, "node-b", now=100.0, observing=False)
+    assert not book.held_elsewhere(KEY, "node-b", now=100.0, observing=True)
+
+
+def test_time_this_node_could_not_observe_does_not_count() -> None:
+    book = LeaseBook()
+    book.observe(KEY, record(duration=15), now=0.0)
+    book.discount(8.0)  # the API server was down for 8 s
+    assert book.held_elsewhere(KEY, "node-b", now=22.9)
+    assert not book.held_elsewhere(KEY, "node-b", now=23.0)

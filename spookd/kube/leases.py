@@ -89,6 +89,8 @@ class LeaseClaims:
         self.list_watch: ListWatch | None = None
         self.watched: frozenset[Key] = frozenset()
         self._synced = anyio.Event()
+        #: Since when (local monotonic time) the Lease watch has been broken, if it is.
+        self._blind_since: float | None = None
         #: Set when the devices to watch differ from those watched.
         self._rewatch = anyio.Event()
         self._blocked: dict[str, set[str]] = {}
@@ -164,7 +166,9 @@ class LeaseClaims:
         async with self._lock:
             seen = self.book.get(key)
             sent_at = self.clock()
-            if seen is not None and not self.book.may_take(key, self.node_name, sent_at):
+            if seen is not None and not self.book.may_take(
+                key, self.node_name, sent_at, observing=self._observing()
+            ):
                 raise ClaimRefused(self._refusal(resource, device_id, f"node {seen.record.holder} holds it"))
             status, lease = 404, dict[str, Any]()
             if seen is not None:
@@ -367,6 +371,7 @@ class LeaseClaims:
                 )
 
     def _take(self, event: Listed | Changed) -> None:
+        self._observing()  # first discount a blind spell this event ends
         now = self.clock()
         if isinstance(event, Listed):
             records = {}
@@ -412,7 +417,7 @@ class LeaseClaims:
         for key in sorted(in_use & self.shared):
             if key in self.held or self._retry_after.get(key, 0.0) > now:
                 continue
-            if self.book.may_take(key, self.node_name, now):
+            if self.book.may_take(key, self.node_name, now, observing=self._observing()):
                 try:
                     await self._claim_one(*key)
                 except ClaimRefused as exc:
@@ -423,11 +428,23 @@ class LeaseClaims:
             if key not in in_use and now - held.since > self.claim_grace:
                 await self._release(*key)
 
+    def _observing(self) -> bool:
+        """The watch is in sync; the time it was not is taken off every observation's age."""
+        observing = self.list_watch is not None and self.list_watch.in_sync
+        if not observing:
+            if self._blind_since is None and self._synced.is_set():
+                self._blind_since = self.clock()
+        elif self._blind_since is not None:
+            self.book.discount(self.clock() - self._blind_since)
+            self._blind_since = None
+        return observing
+
     def _publish_blocked(self) -> None:
         blocked: dict[str, set[str]] = {}
         now = self.clock()
+        observing = self._observing()
         for key in self.shared:
-            if not self._own(key) and self.book.held_elsewhere(key, self.node_name, now):
+            if not self._own(key) and self.book.held_elsewhere(key, self.node_name, now, observing=observing):
                 blocked.setdefault(key[0], set()).add(key[1])
         for resource in set(blocked) | set(self._blocked):
             if blocked.get(resource, set()) != self._blocked.get(resource, set()):

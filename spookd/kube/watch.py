@@ -81,6 +81,9 @@ class ListWatch:
         self.read_timeout = read_timeout
         self.watch_factory = watch_factory
         self.backoff = backoff or Backoff()
+        #: True from a successful LIST, or an event of a resumed watch, until the next
+        #: failure: what the caller saw since then is all there was.
+        self.in_sync = False
         self.resource_version: str | None = None
         #: LIST and WATCH requests sent so far.
         self.requests = 0
@@ -147,6 +150,7 @@ class ListWatch:
                     **self.log_fields,
                 )
                 self.resource_version = None
+            self.in_sync = False
             await anyio.sleep(self.backoff.next_delay())
 
     async def list(self) -> Listed:
@@ -158,6 +162,7 @@ class ListWatch:
         if not isinstance(resource_version, str) or not resource_version:
             raise ValueError(f"the {self.what} listing carries no resourceVersion")
         self.resource_version = resource_version
+        self.in_sync = True
         return Listed(list(listing.items or []), resource_version)
 
     async def watch(self) -> AsyncIterator[Changed]:
@@ -191,6 +196,7 @@ class ListWatch:
                 if not isinstance(resource_version, str) or not resource_version:
                     raise ValueError(f"a {self.what} watch event carries no resourceVersion")
                 self.resource_version = resource_version
+                self.in_sync = True
                 if kind == "BOOKMARK":
                     continue
                 if kind not in ("ADDED", "MODIFIED", "DELETED"):
