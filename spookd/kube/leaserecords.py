@@ -6,6 +6,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+from spookd.claims import ClaimRefused
 from spookd.leasing import LeaseRecord
 
 LABELS = {"app.kubernetes.io/managed-by": "spookd"}
@@ -66,3 +67,27 @@ def json_lease_record(lease: dict[str, Any]) -> LeaseRecord:
         duration=float(spec.get("leaseDurationSeconds") or 0),
         resource_version=str(lease["metadata"]["resourceVersion"]),
     )
+
+
+def answer_record(lease: dict[str, Any], what: str) -> LeaseRecord:
+    """The record of the Lease an API answer carries; ClaimRefused when the answer is malformed."""
+    try:
+        return json_lease_record(lease)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ClaimRefused(f"the API server's answer to the Lease {what} is malformed ({exc})") from exc
+
+
+def refusal(namespace: str, resource: str, device_id: str, why: str) -> str:
+    """Why Allocate cannot have an exclusive device, naming its Lease."""
+    return (
+        f"{resource} device {device_id!r} is exclusive and {why} "
+        f"(Lease {namespace}/{lease_name(resource, device_id)}); "
+        "the pod cannot have it on this node now"
+    )
+
+
+def check_answer(status: int, body: dict[str, Any], what: str) -> None:
+    """ClaimRefused for an API answer that is not a success (its message cut to 300 characters)."""
+    if status >= 300:
+        message = str(body.get("message", ""))[:300]
+        raise ClaimRefused(f"cannot {what} the device's Lease: HTTP {status} {message}".strip())

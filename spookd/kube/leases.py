@@ -30,14 +30,18 @@ from spookd.kube.leaseapi import LeaseApi
 from spookd.kube.leaserecords import (
     DEVICE_LABEL,
     Key,
-    json_lease_record,
+    answer_record,
+    check_answer,
     lease_key,
     lease_name,
     lease_record,
+    refusal,
 )
 from spookd.kube.podresources import PodResourcesReader
+from spookd.kube.renewal import Renewal
 from spookd.kube.watch import WATCH_SERVER_TIMEOUT, Changed, Listed, ListWatch
-from spookd.leasing import Holding, LeaseBook, LeaseRecord
+from spookd.leasing import Holding, LeaseBook
+from spookd.mailbox import Gate
 
 # The defaults of spookd.settings.Tuning, which `spookd run` passes in.
 LEASE_DURATION = 15.0
@@ -50,7 +54,7 @@ REQUEST_TIMEOUT = 10
 BlockedCallback = Callable[[str, set[str]], None]
 
 
-class LeaseClaims:
+class LeaseClaims(Renewal):
     """This node's claims on shared devices, and what other nodes hold."""
 
     def __init__(
@@ -81,8 +85,8 @@ class LeaseClaims:
         self.clock = clock
         self.shared: frozenset[Key] = frozenset()
         self.held: dict[Key, Holding] = {}
-        #: loops that sleep until there is something to claim or hold
-        self._idle_waiters: list[anyio.Event] = []
+        #: the loops sleep until there is something to claim or hold
+        self._busy = Gate(lambda: bool(self.shared or self.held))
         #: Every Spookd Lease seen by the watch, and since when (this node's monotonic clock).
         self.book = LeaseBook()
         #: The watch of the Leases of ``watched`` (None until there are shared devices).
@@ -102,7 +106,7 @@ class LeaseClaims:
     def set_shared(self, shared: Iterable[Key]) -> None:
         """The devices of this node that need claims under the current configuration."""
         self.shared = frozenset(shared)
-        self._wake_idle()
+        self._busy.check()
         if self._to_watch() != self.watched:
             self._rewatch.set()
         self._publish_blocked()
@@ -129,10 +133,6 @@ class LeaseClaims:
     def is_shared(self, resource: str, device_id: str) -> bool:
         """True when allocating this device needs a claim."""
         return (resource, device_id) in self.shared
-
-    def blocked(self, resource: str) -> set[str]:
-        """Devices of ``resource`` that another node holds now."""
-        return set(self._blocked.get(resource, set()))
 
     async def claim(self, resource: str, device_ids: Iterable[str]) -> None:
         """Claim every shared device among ``device_ids``, or none (ClaimRefused)."""
@@ -162,14 +162,14 @@ class LeaseClaims:
         with anyio.move_on_after(REQUEST_TIMEOUT):
             await self._synced.wait()
         if not self._synced.is_set():
-            raise ClaimRefused(self._refusal(resource, device_id, "the device Leases cannot be read yet"))
+            raise self._refusal(resource, device_id, "the device Leases cannot be read yet")
         async with self._lock:
             seen = self.book.get(key)
             sent_at = self.clock()
             if seen is not None and not self.book.may_take(
                 key, self.node_name, sent_at, observing=self._observing()
             ):
-                raise ClaimRefused(self._refusal(resource, device_id, f"node {seen.record.holder} holds it"))
+                raise self._refusal(resource, device_id, f"node {seen.record.holder} holds it")
             status, lease = 404, dict[str, Any]()
             if seen is not None:
                 # Replace exactly the record observed: a renewal or another claim since
@@ -177,22 +177,20 @@ class LeaseClaims:
                 body = self.leases.body(resource, device_id, seen.record.resource_version)
                 status, lease = await self.leases.call("PUT", self.leases.path(name), body)
                 if status == 409:
-                    raise ClaimRefused(
-                        self._refusal(resource, device_id, "another node claimed it at the same moment")
-                    )
+                    raise self._refusal(resource, device_id, "another node claimed it at the same moment")
                 if status < 300:
-                    self._check(status, lease, "take over")
+                    check_answer(status, lease, "take over")
             if status == 404:
                 status, lease = await self.leases.call(
                     "POST", self.leases.path(), self.leases.body(resource, device_id)
                 )
                 if status == 409:
                     status, lease = await self._adopt(resource, device_id)
-                self._check(status, lease, "create")
-            self._check(status, lease, "take over")
-            record = self._record(lease, "claim")
+                check_answer(status, lease, "create")
+            check_answer(status, lease, "take over")
+            record = answer_record(lease, "claim")
             self.held[key] = Holding(record.resource_version, sent_at, self.lease_duration, self.clock())
-            self._wake_idle()
+            self._busy.check()
             self.book.observe(key, record, self.clock())
         logger.info("device claimed", resource=resource, device=device_id, lease=f"{self.namespace}/{name}")
         self._publish_blocked()
@@ -207,7 +205,7 @@ class LeaseClaims:
         name = lease_name(resource, device_id)
         status, lease = await self.leases.call("GET", self.leases.path(name))
         if status == 200:
-            record = self._record(lease, "read")
+            record = answer_record(lease, "read")
             self.book.observe((resource, device_id), record, self.clock())
             if record.holder == self.node_name:
                 body = self.leases.body(resource, device_id, record.resource_version)
@@ -215,28 +213,11 @@ class LeaseClaims:
                 if status < 300:
                     return status, lease
             elif record.holder:
-                raise ClaimRefused(self._refusal(resource, device_id, f"node {record.holder} holds it"))
-        raise ClaimRefused(self._refusal(resource, device_id, "another node claimed it at the same moment"))
+                raise self._refusal(resource, device_id, f"node {record.holder} holds it")
+        raise self._refusal(resource, device_id, "another node claimed it at the same moment")
 
-    @staticmethod
-    def _record(lease: dict[str, Any], what: str) -> LeaseRecord:
-        try:
-            return json_lease_record(lease)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ClaimRefused(f"the API server's answer to the Lease {what} is malformed ({exc})") from exc
-
-    def _refusal(self, resource: str, device_id: str, why: str) -> str:
-        return (
-            f"{resource} device {device_id!r} is exclusive and {why} "
-            f"(Lease {self.namespace}/{lease_name(resource, device_id)}); "
-            "the pod cannot have it on this node now"
-        )
-
-    @staticmethod
-    def _check(status: int, body: dict[str, Any], what: str) -> None:
-        if status >= 300:
-            message = str(body.get("message", ""))[:300]
-            raise ClaimRefused(f"cannot {what} the device's Lease: HTTP {status} {message}".strip())
+    def _refusal(self, resource: str, device_id: str, why: str) -> ClaimRefused:
+        return ClaimRefused(refusal(self.namespace, resource, device_id, why))
 
     async def _release(self, resource: str, device_id: str) -> None:
         key = (resource, device_id)
@@ -257,57 +238,6 @@ class LeaseClaims:
         logger.info("device released", resource=resource, device=device_id, status=status)
         self._publish_blocked()
 
-    def _lose(self, key: Key, why: str) -> None:
-        self.held.pop(key, None)
-        logger.error(
-            "lost the claim on {resource} device {device} ({why}); another node may hold it now, "
-            "and a container here may still use it",
-            resource=key[0],
-            device=key[1],
-            why=why,
-        )
-        self._publish_blocked()
-
-    async def _renew(self) -> bool:
-        """Renew every claim; False if a renewal could not reach the API server."""
-        reached = True
-        for key, held in list(self.held.items()):
-            if held.lapsed(self.clock()):
-                self._lose(key, f"not renewed for the Lease duration of {self.lease_duration:g} s")
-                continue
-            resource, device_id = key
-            name = lease_name(resource, device_id)
-            body = self.leases.body(resource, device_id, held.resource_version)
-            sent_at = self.clock()
-            try:
-                # A renewal that takes longer than a third of the duration is retried
-                # rather than waited for: the claim must not lapse behind one slow call.
-                status, lease = await self.leases.call(
-                    "PUT", self.leases.path(name), body, request_timeout=max(1.0, self.lease_duration / 3)
-                )
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                logger.warning("cannot renew device claims: {error}", error=str(exc) or type(exc).__name__)
-                reached = False
-                continue
-            if self.held.get(key) is not held:
-                continue  # released meanwhile
-            if status < 300:
-                try:
-                    record = json_lease_record(lease)
-                except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                    logger.warning("malformed answer to a Lease renewal ({error})", error=str(exc))
-                    reached = False
-                    continue
-                held.renewed(record.resource_version, sent_at)
-                self.book.observe(key, record, self.clock())
-                continue
-            if status >= 500 or status == 429:
-                logger.warning("cannot renew device claims: HTTP {status}", status=status)
-                reached = False
-                continue
-            self._lose(key, f"HTTP {status}")
-        return reached
-
     # -- background work ---------------------------------------------------
 
     async def run(self) -> None:
@@ -316,29 +246,6 @@ class LeaseClaims:
             tg.start_soon(self._renew_loop)
             tg.start_soon(self._watch_loop)
             tg.start_soon(self._usage_loop)
-
-    def _wake_idle(self) -> None:
-        if self.shared or self.held:
-            for waiter in self._idle_waiters:
-                waiter.set()
-            self._idle_waiters.clear()
-
-    async def _until_busy(self) -> None:
-        """Sleep while nothing is shared and nothing held: an idle node wakes up for nothing."""
-        if not (self.shared or self.held):
-            waiter = anyio.Event()
-            self._idle_waiters.append(waiter)
-            await waiter.wait()
-
-    async def _renew_loop(self) -> None:
-        interval = self.lease_duration / 3
-        delay = interval
-        while True:
-            await self._until_busy()
-            await anyio.sleep(delay)
-            # After a failed renewal, retry soon: the Lease must be renewed before
-            # other nodes have seen it unchanged for its whole duration.
-            delay = interval if await self._renew() else min(interval, max(0.2, self.lease_duration / 15))
 
     async def _watch_loop(self) -> None:
         while True:
@@ -396,7 +303,7 @@ class LeaseClaims:
 
     async def _usage_loop(self) -> None:
         while True:
-            await self._until_busy()
+            await self._busy.wait()
             try:
                 for key, held in list(self.held.items()):
                     if held.lapsed(self.clock()):
