@@ -175,7 +175,7 @@ class ResourceServer:
         return reg.FilesSeen(file_identity(self.socket_path), file_identity(self.kubelet_socket))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve and stay registered until cancelled; then end streams and remove the socket."""
+        """Serve and stay registered until cancelled; then say no devices, end streams, remove the socket."""
         pending = deque(self.registration.start())
         deadline: float | None = None
         started = False
