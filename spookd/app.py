@@ -4,8 +4,8 @@ One root task group holds one task per component, and each component owns the
 task group of its own tasks: the servers (one task per resource, the health
 probes), the plugin-directory watch, and where the API is in use the Lease
 claims, the Event reporter and the stale-resource cleaner. Cancellation is the
-only way tasks end; SIGTERM/SIGINT cancel the root group, and each server ends
-its streams and removes its socket on the way out.
+only way tasks end; SIGTERM/SIGINT cancel the root group, and each server tells
+its streams "no devices", ends them and removes its socket on the way out.
 """
 
 from __future__ import annotations

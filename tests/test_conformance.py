@@ -185,6 +185,25 @@ def test_spookd_restart_keeps_allocations_and_device_ids(node: NodeHarness, spoo
     assert not node.admit("pod-2", POD).ok, "the held widget must stay held"
 
 
+def test_sigterm_leaves_the_kubelet_at_zero_devices_and_the_pods_their_devices(
+    node: NodeHarness, spookd: SpookdProcess
+) -> None:
+    """The kubelet keeps a stopped plugin's last device count for 5 minutes: make it 0."""
+    spookd.write(WALKTHROUGH)
+    spookd.start()
+    node.wait_for(serving({WIDGET: 1, THING: 2}), timeout=20)
+    node.admit("pod-1", POD).raise_for_error()
+    assert spookd.stop() == 0
+    resources = node.wait_for(lambda r: r.capacity(WIDGET) == 0 and r.capacity(THING) == 0, timeout=5)
+    # still known (the endpoint's grace), at 0 rather than at the count last heard
+    assert {WIDGET, THING} <= set(resources.resources), resources
+    assert resources.allocatable(WIDGET) == resources.allocatable(THING) == 0
+    assert node.pods()["pod-1"]["app"] == {WIDGET: ["0001"], THING: ["A1234"]}
+    spookd.start()
+    node.wait_for(serving({WIDGET: 1, THING: 2}), timeout=20)
+    assert node.pods()["pod-1"]["app"] == {WIDGET: ["0001"], THING: ["A1234"]}
+
+
 def test_unhealthy_device_is_not_allocatable_until_healthy_again(node: NodeHarness, plugin_dir: Path) -> None:
     from spookd.config import HEALTHY, UNHEALTHY, Device
     from spookd.deviceplugin.server import ResourceServer

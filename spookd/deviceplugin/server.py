@@ -175,7 +175,7 @@ class ResourceServer:
         return reg.FilesSeen(file_identity(self.socket_path), file_identity(self.kubelet_socket))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve and stay registered until cancelled; then end streams and remove the socket."""
+        """Serve and stay registered until cancelled; then say no devices, end streams, remove the socket."""
         pending = deque(self.registration.start())
         deadline: float | None = None
         started = False
@@ -198,7 +198,17 @@ class ResourceServer:
                 pending.extend(self.registration.handle(event))
         finally:
             with anyio.CancelScope(shield=True):
+                await self._last_word()
                 await self._close()
+
+    async def _last_word(self) -> None:
+        """Tell every open stream "no devices" before it ends (shutdown, resource removed).
+
+        The kubelet keeps a resource whose stream ended at the count it last heard for its
+        endpoint grace period (5 minutes): capacity drops to 0 only if that count is 0.
+        """
+        if self.device_list.streaming and self.device_list.devices:
+            await self.device_list.withdraw()
 
     async def _perform(self, action: reg.Action) -> list[reg.Action]:
         if isinstance(action, reg.Bind):

@@ -224,7 +224,7 @@ class ApiClient:
         method: str,
         path: str,
         *,
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | list[Any] | None = None,
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
         timeout: float = 30.0,
