@@ -222,7 +222,9 @@ def _read_configmap(namespace: str, name: str, args: argparse.Namespace) -> str:
     try:
         from spookd.sources.configmap import read_configmap
     except ImportError as exc:
-        raise UsageError(f"--configmap needs kubernetes-asyncio: pip install 'spookd[configmap]' ({exc})") from exc
+        raise UsageError(
+            f"--configmap needs kubernetes-asyncio: pip install 'spookd[configmap]' ({exc})"
+        ) from exc
     from loguru import logger
 
     logger.disable("spookd")  # no log lines among the results

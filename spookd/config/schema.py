@@ -107,8 +107,9 @@ def chart_values_schema(values_schema: dict[str, Any], prefix: str = "config.") 
 def _prefixed(schema: Any, prefix: str) -> Any:
     """``schema`` with every ``#/definitions/X`` reference made ``#/definitions/<prefix>X``."""
     if isinstance(schema, dict):
+        ref = "#/definitions/"
         return {
-            k: (v.replace("#/definitions/", "#/definitions/" + prefix, 1) if k == "$ref" else _prefixed(v, prefix))
+            k: v.replace(ref, ref + prefix, 1) if k == "$ref" else _prefixed(v, prefix)
             for k, v in schema.items()
         }
     if isinstance(schema, list):
@@ -148,10 +149,7 @@ def _object(info: mi.Type, definitions: dict[str, Any]) -> dict[str, Any]:
         where = (name, field.name)
         key = yaml_key(name, field.name)
         optional = (not field.required or where in _OPTIONAL) and where not in _REQUIRED
-        if where in _SPELLED:
-            schema = dict(_SPELLED[where])
-        else:
-            schema = _value(field.type, definitions)
+        schema = dict(_SPELLED[where]) if where in _SPELLED else _value(field.type, definitions)
         schema.update(_FORM.get(where, {}))
         if optional and schema.get("type") in ("array", "object") and "$ref" not in schema:
             # An optional list or mapping may be written as null: it means empty.

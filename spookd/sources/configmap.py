@@ -130,7 +130,8 @@ class ConfigMapWatch:
         text = (configmap.data or {}).get(self.key)
         if text is None:
             self._last = ""
-            return Rejected(errors=[_missing_key(self.source, self.key, configmap)], source=self.source, ref=ref)
+            errors = [_missing_key(self.source, self.key, configmap)]
+            return Rejected(errors=errors, source=self.source, ref=ref)
         if text == self._last:
             return None
         self._last = text
@@ -180,7 +181,7 @@ async def read_configmap(namespace: str, name: str, key: str) -> str:
                     "reading it needs `get` on configmaps in that namespace"
                 )
             else:
-                problem = f"the API server answered {exc.status} {exc.reason} for ConfigMap {namespace}/{name}"
+                problem = f"the API server answered {exc.status} {exc.reason} to reading {namespace}/{name}"
         except (aiohttp.ClientError, OSError) as exc:
             problem = f"cannot reach the Kubernetes API to read ConfigMap {namespace}/{name}: {exc}"
         else:
