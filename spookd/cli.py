@@ -225,9 +225,13 @@ def _read_configmap(namespace: str, name: str, args: argparse.Namespace) -> str:
         raise UsageError(
             f"--configmap needs kubernetes-asyncio: pip install 'spookd[configmap]' ({exc})"
         ) from exc
+    import logging
+
     from loguru import logger
 
-    logger.disable("spookd")  # no log lines among the results
+    # No log lines among the results: every problem comes back as the source's error.
+    logger.disable("spookd")
+    logging.getLogger("kubernetes_asyncio").setLevel(logging.ERROR)
     return asyncio.run(read_configmap(namespace, name, args.configmap_key))
 
 
