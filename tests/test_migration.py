@@ -86,13 +86,14 @@ def test_the_originals_values_have_the_same_effect(helm: Helm) -> None:
     text = configmap["data"][_env(objects)["SPOOKD_CONFIGMAP_KEY"]]
     assert load_documents(text)[0] == {"deviceMapping": values["deviceMapping"]}
     config = load_config(text, "rendered")
-    assert sorted(config.for_node("za-itf-cloud03")) == ["skao.int/oscilloscope", "skao.int/signal-generator-01"]
+    assert sorted(config.for_node("za-itf-cloud03")) == [
+        "skao.int/oscilloscope",
+        "skao.int/signal-generator-01",
+    ]
 
 
 def test_kubelet_path_also_moves_the_pod_resources_socket(helm: Helm) -> None:
-    objects = helm.template(
-        "spookd", "kube-system", [ORIGINAL], set_json={"rbac": '{"exclusive": true}'}
-    )
+    objects = helm.template("spookd", "kube-system", [ORIGINAL], set_json={"rbac": '{"exclusive": true}'})
     assert _volumes(objects)["pod-resources"] == "/var/snap/microk8s/common/var/lib/kubelet/pod-resources"
 
 

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.apiserver]
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = (ROOT / "tests" / "data" / "good" / "lab.yaml").read_text()
-BAD = 'deviceMapping:\n  - hosts: [lab1]\n    devices:\n      - {resourceName: a.io/x, instanceID: 0001}\n'
+BAD = "deviceMapping:\n  - hosts: [lab1]\n    devices:\n      - {resourceName: a.io/x, instanceID: 0001}\n"
 NAMESPACE = "spookd-validate"
 
 
@@ -87,7 +87,9 @@ def test_files_stdin_and_configmaps_in_one_run(apiserver: ApiServer, admin: ApiC
         f"{good}: OK (1 mappings, 2 devices, 1 nodes)",
         f"{NAMESPACE}/good:config.yaml: OK (2 mappings, 3 devices, 3 nodes)",
     ]
-    assert result.stderr.startswith(f"{NAMESPACE}/bad:config.yaml:4:44: deviceMapping[0].devices[0].instanceID")
+    assert result.stderr.startswith(
+        f"{NAMESPACE}/bad:config.yaml:4:44: deviceMapping[0].devices[0].instanceID"
+    )
 
 
 def test_the_key_is_chosen_with_configmap_key(apiserver: ApiServer, admin: ApiClient) -> None:

@@ -32,7 +32,7 @@ _REQUIRED = {("Config", "mappings")}
 #: ...and optional in the YAML although the model needs a value (the loader fills it in).
 _OPTIONAL = {("DeviceNode", "container_path")}
 #: What the YAML spells differently from the model's type: (struct, field) → schema.
-_SPELLED = {
+_SPELLED: dict[tuple[str, str], dict[str, Any]] = {
     ("Device", "env"): {
         "type": "object",
         "propertyNames": {"pattern": f"^{ENV_KEY.pattern}$"},
@@ -49,7 +49,7 @@ _SPELLED = {
     },
 }
 #: Constraints on the value's form that the model's type does not carry.
-_FORM = {
+_FORM: dict[tuple[str, str], dict[str, Any]] = {
     ("DeviceMapping", "hosts"): {"minItems": 1},
     ("Device", "instance_id"): {"pattern": f"^{VALID_INSTANCE_ID.pattern}$"},
     # Necessary, not sufficient: the validator checks the kubernetes.io namespace and lengths.
