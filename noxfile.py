@@ -29,8 +29,8 @@ def e2e(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Ruff lint and format check; the import layers of STYLE.md."""
     session.install("-e", ".[lint]")
-    session.run("ruff", "check", "spookd", "tests", "noxfile.py", "proto")
-    session.run("ruff", "format", "--check", "spookd", "tests", "noxfile.py", "proto")
+    session.run("ruff", "check", "spookd", "tests", "noxfile.py", "proto", "tools")
+    session.run("ruff", "format", "--check", "spookd", "tests", "noxfile.py", "proto", "tools")
     session.run("lint-imports")
 
 
@@ -46,6 +46,13 @@ def proto(session: nox.Session) -> None:
     """Regenerate spookd/_proto from proto/ (betterproto2, async client and server)."""
     session.install(".[proto]")
     session.run("python", "proto/generate.py")
+
+
+@nox.session(python=PYTHON)
+def schema(session: nox.Session) -> None:
+    """Regenerate docs/config.schema.json and the chart's deviceMapping schema from the config model."""
+    session.install("-e", ".")
+    session.run("python", "tools/generate_schema.py")
 
 
 @nox.session(python=PYTHON)
@@ -73,5 +80,5 @@ def bench(session: nox.Session) -> None:
 def fmt(session: nox.Session) -> None:
     """Format and fix what ruff can fix."""
     session.install("ruff==0.17.6")
-    session.run("ruff", "format", "spookd", "tests", "noxfile.py", "proto")
-    session.run("ruff", "check", "--fix", "spookd", "tests", "noxfile.py", "proto")
+    session.run("ruff", "format", "spookd", "tests", "noxfile.py", "proto", "tools")
+    session.run("ruff", "check", "--fix", "spookd", "tests", "noxfile.py", "proto", "tools")

@@ -7,13 +7,17 @@ one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
+
+import msgspec
 
 from spookd import __version__
 from spookd.settings import DEFAULT_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET, Settings, Tuning
@@ -102,8 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _logging_flags(run)
 
-    validate = sub.add_parser("validate", help="check configuration files; exit 2 on errors")
-    validate.add_argument("files", metavar="FILE", nargs="+", help="YAML files to check")
+    validate = sub.add_parser("validate", help="check configurations; exit 2 on errors")
+    validate.add_argument("files", metavar="FILE", nargs="*", help="YAML files to check; - reads stdin")
+    validate.add_argument(
+        "--configmap",
+        action="append",
+        default=[],
+        metavar="NAMESPACE/NAME",
+        help="a ConfigMap to check through the Kubernetes API (repeatable)",
+    )
+    validate.add_argument(
+        "--configmap-key", default="config.yaml", metavar="KEY", help="its key (default: config.yaml)"
+    )
+    validate.add_argument(
+        "--output", choices=("text", "json"), default="text", help="json: one object on stdout"
+    )
 
     render = sub.add_parser("render", help="show what a node would advertise and inject")
     render.add_argument("file", metavar="FILE", help="YAML configuration")
@@ -177,26 +194,76 @@ def _read_config_file(path: str) -> bytes:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    """Print every error of every file; exit 2 if any."""
-    from spookd.config import ConfigInvalid, load_config
+#: The source name of ``spookd validate -``.
+STDIN_SOURCE = "<stdin>"
 
-    status = EXIT_OK
+
+def _validate_sources(args: argparse.Namespace) -> list[tuple[str, Callable[[], str | bytes]]]:
+    """(source, read) per configuration to check, in command-line order."""
+    if not args.files and not args.configmap:
+        raise UsageError("give at least one FILE, - (standard input) or --configmap NAMESPACE/NAME")
+    if args.files.count("-") > 1:
+        raise UsageError("- (standard input) can be given only once")
+    sources: list[tuple[str, Callable[[], str | bytes]]] = []
     for path in args.files:
+        if path == "-":
+            sources.append((STDIN_SOURCE, sys.stdin.buffer.read))
+        else:
+            sources.append((path, partial(_read_config_file, path)))
+    for ref in args.configmap:
+        namespace, sep, name = ref.partition("/")
+        if not sep or not namespace or not name or "/" in name:
+            raise UsageError(f"--configmap {ref!r} must look like NAMESPACE/NAME")
+        sources.append((f"{ref}:{args.configmap_key}", partial(_read_configmap, namespace, name, args)))
+    return sources
+
+
+def _read_configmap(namespace: str, name: str, args: argparse.Namespace) -> str:
+    try:
+        from spookd.sources.configmap import read_configmap
+    except ImportError as exc:
+        raise UsageError(
+            f"--configmap needs kubernetes-asyncio: pip install 'spookd[configmap]' ({exc})"
+        ) from exc
+    import logging
+
+    from loguru import logger
+
+    # No log lines among the results: every problem comes back as the source's error.
+    logger.disable("spookd")
+    logging.getLogger("kubernetes_asyncio").setLevel(logging.ERROR)
+    return asyncio.run(read_configmap(namespace, name, args.configmap_key))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check every source; print its errors (text on stderr, or one JSON object); exit 2 if any."""
+    from spookd.config import ConfigError, ConfigInvalid, load_config
+
+    results: list[dict[str, object]] = []
+    errors: list[ConfigError] = []
+    for source, read in _validate_sources(args):
         try:
-            config = load_config(_read_config_file(path), path)
+            config = load_config(read(), source)
         except UsageError as exc:
-            print(f"{path}:1:1: {exc}", file=sys.stderr)
-            status = EXIT_INVALID
-            continue
+            found = [ConfigError(source, 1, 1, "", str(exc))]
         except ConfigInvalid as exc:
-            for error in exc.errors:
-                print(error, file=sys.stderr)
-            status = EXIT_INVALID
+            found = exc.errors
+        else:
+            devices = sum(len(m.devices) for m in config.mappings)
+            counts = {"mappings": len(config.mappings), "devices": devices, "nodes": len(config.nodes())}
+            results.append({"source": source, "valid": True, **counts})
+            if args.output == "text":
+                print(f"{source}: OK ({', '.join(f'{n} {what}' for what, n in counts.items())})")
             continue
-        devices = sum(len(m.devices) for m in config.mappings)
-        print(f"{path}: OK ({len(config.mappings)} mappings, {devices} devices, {len(config.nodes())} nodes)")
-    return status
+        results.append({"source": source, "valid": False})
+        errors += found
+        if args.output == "text":
+            for error in found:
+                print(error, file=sys.stderr)
+    if args.output == "json":
+        report = {"valid": not errors, "sources": results, "errors": msgspec.to_builtins(errors)}
+        print(json.dumps(report, indent=2))
+    return EXIT_INVALID if errors else EXIT_OK
 
 
 def _parse_allocation(specs: list[str]) -> dict[str, list[str]]:

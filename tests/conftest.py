@@ -39,7 +39,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for program in programs:
         gobuild.build(program)
     names = {item.path.name for item in session.items}
-    if names & {"test_deploy.py", "test_monitoring.py"}:
+    if names & {"test_deploy.py", "test_monitoring.py", "test_schema.py", "test_migration.py"}:
         helm_binary()
     if "test_monitoring.py" in names:
         promtool_binary()

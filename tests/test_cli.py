@@ -50,6 +50,67 @@ def test_validate_missing_file_is_an_error_not_a_traceback() -> None:
     assert "cannot read /nonexistent/config.yaml" in result.stderr
 
 
+def spookd_stdin(text: bytes, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "spookd", *args], input=text, capture_output=True, timeout=60, check=False
+    )
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+def test_validate_dash_reads_standard_input() -> None:
+    good = spookd_stdin((GOOD / "lab.yaml").read_bytes(), "validate", "-")
+    assert good.returncode == 0, good.stderr
+    assert good.stdout == "<stdin>: OK (2 mappings, 3 devices, 3 nodes)\n"
+    bad = spookd_stdin((DATA / "bad" / "instance_id_unquoted.yaml").read_bytes(), "validate", "-")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("<stdin>:5:21: deviceMapping[0].devices[0].instanceID: ")
+    empty = spookd_stdin(b"", "validate", "-")
+    assert empty.returncode == 2
+    assert empty.stderr.startswith("<stdin>:1:1: the configuration is empty")
+
+
+def test_validate_output_json_lists_every_error_with_its_place() -> None:
+    bad = DATA / "bad" / "conflicting_env.yaml"
+    result = spookd_stdin(
+        (GOOD / "lab.yaml").read_bytes(),
+        "validate", "--output", "json", "-", str(bad), "/nonexistent/config.yaml",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == ""
+    out = json.loads(result.stdout)
+    assert out["valid"] is False
+    assert out["sources"] == [
+        {"source": "<stdin>", "valid": True, "mappings": 2, "devices": 3, "nodes": 3},
+        {"source": str(bad), "valid": False},
+        {"source": "/nonexistent/config.yaml", "valid": False},
+    ]
+    (conflict, missing) = out["errors"]
+    assert set(conflict) == {"source", "line", "column", "path", "message"}
+    assert (conflict["source"], conflict["line"], conflict["column"]) == (str(bad), 7, 9)
+    assert conflict["path"] == "deviceMapping[1].devices[0]"
+    assert "every occurrence of a device must be identical" in conflict["message"]
+    assert missing == {
+        "source": "/nonexistent/config.yaml",
+        "line": 1,
+        "column": 1,
+        "path": "",
+        "message": "cannot read /nonexistent/config.yaml: No such file or directory",
+    }
+
+
+def test_validate_output_json_of_valid_files_exits_0() -> None:
+    result = spookd("validate", "--output", "json", str(GOOD / "walkthrough.yaml"))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out == {
+        "valid": True,
+        "sources": [
+            {"source": str(GOOD / "walkthrough.yaml"), "valid": True, "mappings": 1, "devices": 2, "nodes": 1}
+        ],
+        "errors": [],
+    }
+
+
 def test_render_shows_resources_and_the_allocation_environment() -> None:
     result = spookd("render", str(GOOD / "walkthrough.yaml"), "--node", "minikube", "--output", "json")
     assert result.returncode == 0, result.stderr
@@ -82,6 +143,11 @@ def test_render_shows_resources_and_the_allocation_environment() -> None:
         (["run", "--config", "x", "--http-addr", "nowhere"], "must look like HOST:PORT"),
         (["run", "--config", "x", "--plugin-dir", "/" + "p" * 120], "shorter --plugin-dir"),
         (["render", "x.yaml"], "the following arguments are required: --node"),
+        (["validate"], "give at least one FILE, - (standard input) or --configmap"),
+        (["validate", "-", "-"], "- (standard input) can be given only once"),
+        (["validate", "--configmap", "lab"], "--configmap 'lab' must look like NAMESPACE/NAME"),
+        (["validate", "--configmap", "a/b/c"], "must look like NAMESPACE/NAME"),
+        (["validate", "x.yaml", "--output", "yaml"], "invalid choice: 'yaml'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "missing command"),
     ],

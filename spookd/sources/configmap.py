@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 from loguru import logger
 
-from spookd.config.model import ConfigError
+from spookd.config.model import ConfigError, ConfigInvalid
 from spookd.config.versions import Accepted, Deleted, ObjectRef, Rejected, SourceEvent
 from spookd.kube.client import connect
 from spookd.kube.watch import CLIENT_READ_TIMEOUT, WATCH_SERVER_TIMEOUT, Listed, ListWatch, WatchEvent
@@ -30,6 +32,18 @@ def _ref(configmap: Any) -> ObjectRef:
         name=meta.name,
         uid=meta.uid or "",
         resource_version=meta.resource_version or "",
+    )
+
+
+def _missing_key(source: str, key: str, configmap: Any) -> ConfigError:
+    keys = sorted(configmap.data or {})
+    return ConfigError(
+        source,
+        1,
+        1,
+        "",
+        f"the ConfigMap has no key `{key}` (it has: {', '.join(keys) or 'no keys'}); "
+        "put the configuration under that key or set --configmap-key",
     )
 
 
@@ -115,22 +129,9 @@ class ConfigMapWatch:
         ref = _ref(configmap)
         text = (configmap.data or {}).get(self.key)
         if text is None:
-            keys = sorted(configmap.data or {})
             self._last = ""
-            return Rejected(
-                errors=[
-                    ConfigError(
-                        self.source,
-                        1,
-                        1,
-                        "",
-                        f"the ConfigMap has no key `{self.key}` (it has: {', '.join(keys) or 'no keys'}); "
-                        "put the configuration under that key or set --configmap-key",
-                    )
-                ],
-                source=self.source,
-                ref=ref,
-            )
+            errors = [_missing_key(self.source, self.key, configmap)]
+            return Rejected(errors=errors, source=self.source, ref=ref)
         if text == self._last:
             return None
         self._last = text
@@ -153,3 +154,39 @@ async def watch_configmap(
     api = api or await connect()
     async for event in ConfigMapWatch(api, namespace, name, key, watch_timeout).events():
         yield event
+
+
+async def read_configmap(namespace: str, name: str, key: str) -> str:
+    """The text under ``key`` of one ConfigMap, read once (``spookd validate --configmap``).
+
+    Raise ConfigInvalid with one error naming the ConfigMap when it cannot be read.
+    """
+    source = f"{namespace}/{name}:{key}"
+    try:
+        api = await connect()
+    except ConnectionError as exc:
+        raise ConfigInvalid([ConfigError(source, 1, 1, "", str(exc))]) from exc
+    problem: str
+    async with api:
+        try:
+            configmap = await client.CoreV1Api(api).read_namespaced_config_map(
+                name, namespace, _request_timeout=CLIENT_READ_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                problem = f"ConfigMap {namespace}/{name} does not exist; check the namespace and the name"
+            elif exc.status in (401, 403):
+                problem = (
+                    f"not allowed to read ConfigMap {namespace}/{name} ({exc.status} {exc.reason}); "
+                    "reading it needs `get` on configmaps in that namespace"
+                )
+            else:
+                problem = f"the API server answered {exc.status} {exc.reason} to reading {namespace}/{name}"
+        except (aiohttp.ClientError, OSError) as exc:
+            problem = f"cannot reach the Kubernetes API to read ConfigMap {namespace}/{name}: {exc}"
+        else:
+            text = (configmap.data or {}).get(key)
+            if text is None:
+                raise ConfigInvalid([_missing_key(source, key, configmap)])
+            return str(text)
+    raise ConfigInvalid([ConfigError(source, 1, 1, "", problem)])
