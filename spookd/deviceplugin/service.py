@@ -31,9 +31,11 @@ class ServedDevices(Protocol):
 
     resource_name: str
     blocked: set[str]
+    #: seats per instance ID, for devices with more than one
+    capacities: dict[str, int]
 
     def get(self, device_id: str) -> Device | None:
-        """The device with this ID, if served."""
+        """The device this kubelet device ID (a seat) names, if served."""
 
     def subscribe(self, epoch: int) -> Stream:
         """A new ListAndWatch stream."""
@@ -201,8 +203,11 @@ class DevicePluginService(api.DevicePluginBase):
         self, message: api.PreferredAllocationRequest
     ) -> api.PreferredAllocationResponse:
         return convert.preferred_response(
-            # devices another node holds go last: the kubelet should not pick them
-            preferred_allocation(available, must, size, avoid=self._devices.blocked)
+            # devices another node holds go last: the kubelet should not pick them;
+            # seats spread over distinct devices first
+            preferred_allocation(
+                available, must, size, avoid=self._devices.blocked, capacity=self._devices.capacities
+            )
             for available, must, size in convert.preferred_requests(message)
         )
 
