@@ -75,8 +75,9 @@ def preferred_allocation(
     """``must_include`` first, then the other available IDs up to ``size``, spread over devices.
 
     IDs are seats (spookd.naming): each next pick is a seat of the device with the fewest
-    seats taken so far (held here or elsewhere, or already picked), the lowest instance ID
-    and seat among equals; so distinct devices come before a second seat of one. Without
+    seats taken so far (held here or elsewhere, or already picked), then the fewest picked
+    for this container, then the lowest instance ID and seat; so distinct devices come
+    before a second seat of one. Without
     seats (every ``capacity`` 1) this is the lowest-sorted IDs. IDs in ``avoid`` (held by
     another node) come only after every other one.
     """
@@ -94,8 +95,10 @@ def preferred_allocation(
             free[instance] = free.get(instance, 0) + 1
     # taken = seats that are neither available nor held elsewhere-and-offered, by device
     taken = {instance: capacities.get(instance, 1) - count for instance, count in free.items()}
+    here: dict[str, int] = {}
     for device_id in chosen:
         instance = seat_of(device_id)[0]
+        here[instance] = here.get(instance, 0) + 1
         if instance in taken:
             taken[instance] += 1
     ranked = [(i in avoid, seats[i][0], seats[i][1], i) for i in candidates]
@@ -108,11 +111,12 @@ def preferred_allocation(
     for entry in sorted(ranked):
         pending.setdefault(entry[1], []).append(entry)
     while wanted > 0 and pending:
-        instance = min(pending, key=lambda d: (pending[d][0][0], taken.get(d, 0), d))
+        instance = min(pending, key=lambda d: (pending[d][0][0], taken.get(d, 0), here.get(d, 0), d))
         entry = pending[instance].pop(0)
         if not pending[instance]:
             del pending[instance]
         chosen.append(entry[3])
+        here[instance] = here.get(instance, 0) + 1
         if instance in taken:
             taken[instance] += 1
         wanted -= 1

@@ -198,6 +198,8 @@ def test_preference_spreads_over_distinct_devices_first() -> None:
     assert preferred_allocation(["a::2", "b", "b::2"], [], 1, capacity=caps) == ["b"]
     # must_include counts as taken
     assert preferred_allocation(free, ["a::2"], 2, capacity=caps) == ["a::2", "b"]
+    # among equally full devices, one this container has no seat of yet
+    assert preferred_allocation(["a", "a::2", "b::2"], [], 2, capacity=caps) == ["a", "b::2"]
     # seats held elsewhere are taken too, and are offered last
     assert preferred_allocation(free, [], 1, avoid={"b"}, capacity=caps) == ["a"]
     assert preferred_allocation(free, [], 4, avoid={"a", "a::2"}, capacity=caps) == ["b", "b::2", "a", "a::2"]
