@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
@@ -71,6 +72,7 @@ def preferred_allocation(
     size: int,
     avoid: Collection[str] = (),
     capacity: Mapping[str, int] | None = None,
+    first_seat: int = 0,
 ) -> list[str]:
     """``must_include`` first, then the other available IDs up to ``size``, spread over devices.
 
@@ -79,7 +81,9 @@ def preferred_allocation(
     for this container, then the lowest instance ID and seat; so distinct devices come
     before a second seat of one. Without
     seats (every ``capacity`` 1) this is the lowest-sorted IDs. IDs in ``avoid`` (held by
-    another node) come only after every other one.
+    another node) come only after every other one. ``first_seat`` turns the order of a
+    device's seats (seat ``first_seat % N + 1`` first): nodes that share a device under
+    ``exclusive`` each start elsewhere, so that two claims at one moment rarely meet.
     """
     chosen = list(dict.fromkeys(must_include))
     picked = set(chosen)
@@ -101,7 +105,10 @@ def preferred_allocation(
         here[instance] = here.get(instance, 0) + 1
         if instance in taken:
             taken[instance] += 1
-    ranked = [(i in avoid, seats[i][0], seats[i][1], i) for i in candidates]
+    ranked = [
+        (i in avoid, instance, (seat - 1 - first_seat) % capacities.get(instance, 1), i)
+        for i, (instance, seat) in seats.items()
+    ]
     if not capacities or all(n == 1 for n in capacities.values()):
         ranked.sort()
         chosen.extend(entry[3] for entry in ranked[:wanted])
@@ -121,3 +128,8 @@ def preferred_allocation(
             taken[instance] += 1
         wanted -= 1
     return chosen
+
+
+def seat_offset(node_name: str) -> int:
+    """A stable number for a node: where its preference starts among a device's seats."""
+    return int.from_bytes(hashlib.sha256(node_name.encode()).digest()[:4], "big")

@@ -14,7 +14,7 @@ import walkthrough
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spookd.allocation import container_env, preferred_allocation
+from spookd.allocation import container_env, preferred_allocation, seat_offset
 from spookd.config import ConfigInvalid, Device, load_config
 from spookd.config.crosscheck import DeviceIndex
 from spookd.config.rules import MAX_CAPACITY, instance_id_problem
@@ -205,6 +205,17 @@ def test_preference_spreads_over_distinct_devices_first() -> None:
     assert preferred_allocation(free, [], 4, avoid={"a", "a::2"}, capacity=caps) == ["b", "b::2", "a", "a::2"]
 
 
+def test_each_node_starts_at_its_own_seat_and_still_spreads() -> None:
+    caps = {"a": 3, "b": 3}
+    free = [*seat_ids("a", 3), *seat_ids("b", 3)]
+    assert preferred_allocation(free, [], 2, capacity=caps, first_seat=1) == ["a::2", "b::2"]
+    assert preferred_allocation(free, [], 3, capacity=caps, first_seat=2) == ["a::3", "b::3", "a"]
+    assert preferred_allocation(free, [], 1, capacity=caps, first_seat=5) == ["a::3"]
+    # without seats nothing turns
+    assert preferred_allocation(["2", "1"], [], 1, first_seat=7) == ["1"]
+    assert seat_offset("rig-a") == seat_offset("rig-a") != seat_offset("rig-c")
+
+
 @given(st.lists(st.text("abc123", min_size=1, max_size=3), unique=True, max_size=8), st.data())
 def test_without_seats_the_preference_is_the_lowest_sorted_ids(ids: list[str], data: st.DataObject) -> None:
     avoid = data.draw(st.sets(st.sampled_from(ids)) if ids else st.just(set[str]()))
@@ -224,7 +235,8 @@ def test_the_preference_keeps_devices_within_one_seat_of_each_other(
     seats = [s for d, n in caps.items() for s in seat_ids(d, n)]
     available = data.draw(st.lists(st.sampled_from(seats), unique=True))
     size = data.draw(st.integers(min_value=0, max_value=len(available)))
-    chosen = preferred_allocation(available, [], size, capacity=caps)
+    first_seat = data.draw(st.integers(min_value=0, max_value=10))
+    chosen = preferred_allocation(available, [], size, capacity=caps, first_seat=first_seat)
     assert len(chosen) == size
     assert len(set(chosen)) == size
     assert set(chosen) <= set(available)

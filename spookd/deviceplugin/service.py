@@ -14,7 +14,7 @@ from grpclib.exceptions import GRPCError
 
 from spookd._proto import v1beta1 as api
 from spookd._proto.upb.v1beta1 import api_pb2 as pb
-from spookd.allocation import container_env, host_devices, preferred_allocation
+from spookd.allocation import container_env, host_devices, preferred_allocation, seat_offset
 from spookd.claims import ClaimRefused, Claims
 from spookd.config.model import Device
 from spookd.deviceplugin import convert
@@ -177,6 +177,8 @@ class DevicePluginService(api.DevicePluginBase):
         self._answers: dict[tuple[tuple[str, ...], ...], Answer] = {}
         self._allocations = metrics.ALLOCATIONS.labels(self._resource)
         self._latency = metrics.ALLOCATE_LATENCY.labels(self._resource)
+        #: nodes sharing a device prefer different seats of it (spookd.allocation)
+        self._first_seat = 0 if claims is None else seat_offset(claims.node_name)
 
     def lookup(self, device_ids: Sequence[str]) -> list[Device]:
         """The devices for an Allocate request; INVALID_ARGUMENT for unknown or repeated IDs."""
@@ -206,7 +208,12 @@ class DevicePluginService(api.DevicePluginBase):
             # devices another node holds go last: the kubelet should not pick them;
             # seats spread over distinct devices first
             preferred_allocation(
-                available, must, size, avoid=self._devices.blocked, capacity=self._devices.capacities
+                available,
+                must,
+                size,
+                avoid=self._devices.blocked,
+                capacity=self._devices.capacities,
+                first_seat=self._first_seat,
             )
             for available, must, size in convert.preferred_requests(message)
         )
