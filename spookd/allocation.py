@@ -70,6 +70,7 @@ def preferred_allocation(
     available: Iterable[str],
     must_include: Iterable[str],
     size: int,
+    *,
     avoid: Collection[str] = (),
     capacity: Mapping[str, int] | None = None,
     first_seat: int = 0,

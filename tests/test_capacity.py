@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 
 import msgspec
-
 import pytest
 import walkthrough
 from hypothesis import given
@@ -22,7 +21,9 @@ from spookd.deviceplugin.snapshots import DeviceList
 from spookd.naming import seat_ids, seat_of
 
 LIC = "example.com/licence"
-instance_ids = st.text("abcXYZ019._-", min_size=1, max_size=63).filter(lambda i: instance_id_problem(i) is None)
+instance_ids = st.text("abcXYZ019._-", min_size=1, max_size=63).filter(
+    lambda i: instance_id_problem(i) is None
+)
 
 
 def lab(devices: str, *, exclusive: bool = False, hosts: str = "[node-a]") -> str:
@@ -47,7 +48,9 @@ def test_every_seat_names_its_device_and_number(instance: str, capacity: int) ->
     assert [seat_of(s) for s in seats] == [(instance, n) for n in range(1, capacity + 1)]
 
 
-@given(instance_ids, instance_ids, st.integers(min_value=1, max_value=20), st.integers(min_value=1, max_value=20))
+@given(
+    instance_ids, instance_ids, st.integers(min_value=1, max_value=20), st.integers(min_value=1, max_value=20)
+)
 def test_seats_of_different_devices_never_collide(a: str, b: str, cap_a: int, cap_b: int) -> None:
     if a != b:
         assert not set(seat_ids(a, cap_a)) & set(seat_ids(b, cap_b))
@@ -179,7 +182,12 @@ def test_device_list_advertises_each_seat_with_the_device_health() -> None:
     devices.set_health("a", "Healthy")
     assert set(devices._effective_health().values()) == {"Healthy"}
     devices.set_blocked({"b::2"})
-    assert devices._effective_health() == {"a": "Healthy", "a::2": "Healthy", "b": "Healthy", "b::2": "Unhealthy"}
+    assert devices._effective_health() == {
+        "a": "Healthy",
+        "a::2": "Healthy",
+        "b": "Healthy",
+        "b::2": "Unhealthy",
+    }
     # more seats keep what the probe said
     devices.update([msgspec.structs.replace(checked["a"], capacity=3), checked["b"]])
     assert devices._effective_health()["a::3"] == "Healthy"
@@ -240,7 +248,7 @@ def test_the_preference_keeps_devices_within_one_seat_of_each_other(
     assert len(chosen) == size
     assert len(set(chosen)) == size
     assert set(chosen) <= set(available)
-    taken = collections.Counter({d: n for d, n in caps.items()})
+    taken = collections.Counter(caps)
     for seat in available:
         taken[seat_of(seat)[0]] -= 1
     for seat in chosen:

@@ -102,7 +102,9 @@ def test_seats_spread_over_distinct_devices_first(node: NodeHarness, spookd: Spo
 
 
 @pytest.mark.harness
-def test_a_device_health_applies_to_every_seat(node: NodeHarness, spookd: SpookdProcess, tmp_path: Path) -> None:
+def test_a_device_health_applies_to_every_seat(
+    node: NodeHarness, spookd: SpookdProcess, tmp_path: Path
+) -> None:
     marker = tmp_path / "online"
     marker.touch()
     spookd.write(licences(("0007", 3), extra=f", healthCheck: {{path: {marker}, interval: 100ms}}"))
@@ -115,9 +117,10 @@ def test_a_device_health_applies_to_every_seat(node: NodeHarness, spookd: Spookd
     assert not node.admit("pod-1", ONE).ok
     marker.touch()
     node.wait_for(serving(3, healthy=3), timeout=10)
-    assert node.admit("pod-2", ONE).raise_for_error().container("app").devices[LIC] != held.container(
-        "app"
-    ).devices[LIC]
+    assert (
+        node.admit("pod-2", ONE).raise_for_error().container("app").devices[LIC]
+        != held.container("app").devices[LIC]
+    )
 
 
 @pytest.mark.harness
@@ -161,6 +164,10 @@ def _health(node: Node) -> dict[str, str]:
     return dict(state.devices) if state is not None else {}
 
 
+def _reports(node: Node, health: dict[str, str]) -> Callable[[], bool]:
+    return lambda: _health(node) == health
+
+
 @pytest.mark.apiserver
 @pytest.mark.harness
 def test_exclusive_seats_are_counted_across_nodes_freed_and_reused(cluster: Cluster) -> None:
@@ -174,7 +181,7 @@ def test_exclusive_seats_are_counted_across_nodes_freed_and_reused(cluster: Clus
     assert _holder(cluster, "0007") == "node-a"
     # the seat a holds is Unhealthy elsewhere; the other seat is still offered there
     for n in (b, c):
-        eventually(lambda n=n: _health(n) == {"0007": "Unhealthy", "0007::2": "Healthy"}, timeout=3)
+        eventually(_reports(n, {"0007": "Unhealthy", "0007::2": "Healthy"}), timeout=3)
     b_seat = b.harness.admit("pod-b", ONE).raise_for_error().container("app").devices[LIC]
     assert b_seat == ["0007::2"]
     eventually(lambda: _health(c) == {"0007": "Unhealthy", "0007::2": "Unhealthy"}, timeout=3)
@@ -202,7 +209,9 @@ def test_a_race_of_three_nodes_never_makes_more_holders_than_seats(cluster: Clus
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(nodes)) as pool:
         for round_ in range(30):
             for n in nodes:
-                eventually(lambda n=n: set(_health(n).values()) == {"Healthy"}, timeout=10, what="all free")
+                eventually(
+                    _reports(n, dict.fromkeys(["0007", "0007::2"], "Healthy")), timeout=10, what="all free"
+                )
             pod = f"pod-{round_}"
             futures = [pool.submit(n.harness.admit, pod, ONE) for n in nodes]
             results: list[tuple[Node, AdmitResult]] = [
@@ -212,7 +221,7 @@ def test_a_race_of_three_nodes_never_makes_more_holders_than_seats(cluster: Clus
             assert 1 <= len(winners) <= 2, f"round {round_}: {len(winners)} holders of 2 seats"
             seats = [r.container("app").devices[LIC][0] for _, r in winners]
             assert len(set(seats)) == len(seats), f"round {round_}: one seat twice: {seats}"
-            for n, r in results:
+            for _, r in results:
                 if not r.ok:
                     assert r.error is not None
                     assert "is exclusive and" in r.error or "no healthy devices" in r.error, r.error
