@@ -6,6 +6,10 @@ Pure unit tests; the real device manager and API server are in test_capacity_nod
 from __future__ import annotations
 
 import collections
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -258,3 +262,24 @@ def test_the_preference_keeps_devices_within_one_seat_of_each_other(
     picked_from = {seat_of(s)[0] for s in chosen}
     if picked_from and left:
         assert min(taken[d] for d in left) >= max(taken[d] for d in picked_from) - 1
+
+
+# -- spookd render ------------------------------------------------------------
+
+
+def test_render_shows_every_seat_and_a_seat_environment(tmp_path: Path) -> None:
+    path = tmp_path / "lab.yaml"
+    path.write_text(lab(f'      - {{resourceName: {LIC}, instanceID: "0007", capacity: 3, env: {{S: x}}}}\n'))
+    args = [sys.executable, "-m", "spookd", "render", str(path), "--node", "node-a", "--output", "json"]
+    shown = json.loads(
+        subprocess.run(
+            [*args, "--allocate", f"{LIC}=0007::3"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert shown["resources"] == {LIC: ["0007", "0007::2", "0007::3"]}
+    assert shown["env"]["EXAMPLECOM_LICENCE_ID"] == "0007"
+    unknown = subprocess.run(
+        [*args, "--allocate", f"{LIC}=0007::4"], capture_output=True, text=True, check=False
+    )
+    assert unknown.returncode == 2
+    assert "has no device 0007::4" in unknown.stderr
