@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import operator
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import msgspec
 
 from spookd.config.model import Device, DeviceNode, Mount
-from spookd.naming import COUNT_KEY, ID_KEY, TYPE_KEY, env_prefix, numbered
+from spookd.naming import COUNT_KEY, ID_KEY, TYPE_KEY, env_prefix, numbered, seat_of
 
 _instance_id = operator.attrgetter("instance_id")
 
@@ -66,14 +67,70 @@ def container_env(resource_name: str, devices: Sequence[Device]) -> dict[str, st
 
 
 def preferred_allocation(
-    available: Iterable[str], must_include: Iterable[str], size: int, avoid: Collection[str] = ()
+    available: Iterable[str],
+    must_include: Iterable[str],
+    size: int,
+    *,
+    avoid: Collection[str] = (),
+    capacity: Mapping[str, int] | None = None,
+    first_seat: int = 0,
 ) -> list[str]:
-    """``must_include`` first, then the lowest-sorted other available IDs, up to ``size``.
+    """``must_include`` first, then the other available IDs up to ``size``, spread over devices.
 
-    IDs in ``avoid`` (held by another node) come only after every other one.
+    IDs are seats (spookd.naming): each next pick is a seat of the device with the fewest
+    seats taken so far (held here or elsewhere, or already picked), then the fewest picked
+    for this container, then the lowest instance ID and seat; so distinct devices come
+    before a second seat of one. Without
+    seats (every ``capacity`` 1) this is the lowest-sorted IDs. IDs in ``avoid`` (held by
+    another node) come only after every other one. ``first_seat`` turns the order of a
+    device's seats (seat ``first_seat % N + 1`` first): nodes that share a device under
+    ``exclusive`` each start elsewhere, so that two claims at one moment rarely meet.
     """
     chosen = list(dict.fromkeys(must_include))
     picked = set(chosen)
-    rest = sorted(set(available) - picked, key=lambda i: (i in avoid, i))
-    chosen.extend(rest[: max(0, size - len(chosen))])
+    wanted = size - len(chosen)
+    candidates = set(available) - picked
+    if wanted <= 0 or not candidates:
+        return chosen
+    seats = {i: seat_of(i) for i in candidates}
+    capacities = capacity or {}
+    free: dict[str, int] = {}
+    for device_id, (instance, _) in seats.items():
+        if device_id not in avoid:
+            free[instance] = free.get(instance, 0) + 1
+    # taken = seats that are neither available nor held elsewhere-and-offered, by device
+    taken = {instance: capacities.get(instance, 1) - count for instance, count in free.items()}
+    here: dict[str, int] = {}
+    for device_id in chosen:
+        instance = seat_of(device_id)[0]
+        here[instance] = here.get(instance, 0) + 1
+        if instance in taken:
+            taken[instance] += 1
+    ranked = [
+        (i in avoid, instance, (seat - 1 - first_seat) % capacities.get(instance, 1), i)
+        for i, (instance, seat) in seats.items()
+    ]
+    if not capacities or all(n == 1 for n in capacities.values()):
+        ranked.sort()
+        chosen.extend(entry[3] for entry in ranked[:wanted])
+        return chosen
+    # Spread: a seat waits behind the seats of devices with fewer seats taken.
+    pending: dict[str, list[tuple[bool, str, int, str]]] = {}
+    for entry in sorted(ranked):
+        pending.setdefault(entry[1], []).append(entry)
+    while wanted > 0 and pending:
+        instance = min(pending, key=lambda d: (pending[d][0][0], taken.get(d, 0), here.get(d, 0), d))
+        entry = pending[instance].pop(0)
+        if not pending[instance]:
+            del pending[instance]
+        chosen.append(entry[3])
+        here[instance] = here.get(instance, 0) + 1
+        if instance in taken:
+            taken[instance] += 1
+        wanted -= 1
     return chosen
+
+
+def seat_offset(node_name: str) -> int:
+    """A stable number for a node: where its preference starts among a device's seats."""
+    return int.from_bytes(hashlib.sha256(node_name.encode()).digest()[:4], "big")

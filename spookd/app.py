@@ -24,6 +24,7 @@ from spookd.claims import BlockedDevices, SharedClaims
 from spookd.config.versions import Accepted, Deleted, EventSink, Rejected, SourceEvent
 from spookd.deviceplugin.servers import ResourceLifecycle, Servers, Submission
 from spookd.deviceplugin.watch import watch_plugin_dir
+from spookd.naming import seat_of
 from spookd.observe import metrics
 
 
@@ -127,7 +128,9 @@ async def _consume(
                 resources=len(desired),
                 devices=sum(len(d) for d in desired.values()),
             )
-            shared = frozenset(k for k in event.config.shared_devices() if k[1] in desired.get(k[0], {}))
+            shared = frozenset(
+                k for k in event.config.shared_devices() if seat_of(k[1])[0] in desired.get(k[0], {})
+            )
             servers.mailbox.put(Submission(desired, event, shared))
         elif isinstance(event, Rejected):
             metrics.CONFIG_RELOADS.labels("rejected").inc()

@@ -15,6 +15,9 @@ class ClaimRefused(Exception):
 class Claims(Protocol):
     """Claims on devices shared between hosts."""
 
+    #: This node's name: the holder its claims write.
+    node_name: str
+
     def is_shared(self, resource: str, device_id: str) -> bool:
         """True when allocating this device needs a claim."""
 

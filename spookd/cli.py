@@ -295,16 +295,18 @@ def cmd_render(args: argparse.Namespace) -> int:
     wanted = _parse_allocation(args.allocate) or {
         resource: [min(devices)] for resource, devices in desired.items()
     }
+    # what the kubelet sees: one device ID per seat (capacity), spookd.naming
+    seats = {r: {s: d for d in devices.values() for s in d.seats()} for r, devices in desired.items()}
     env: dict[str, str] = {}
     for resource, ids in sorted(wanted.items()):
-        devices = desired.get(resource)
+        devices = seats.get(resource)
         if devices is None:
             raise UsageError(f"node {args.node} has no resource {resource}")
         unknown = [i for i in ids if i not in devices]
         if unknown:
             raise UsageError(f"{resource} on node {args.node} has no device {', '.join(unknown)}")
         env.update(container_env(resource, [devices[i] for i in ids]))
-    resources = {resource: sorted(devices) for resource, devices in sorted(desired.items())}
+    resources = {resource: sorted(devices) for resource, devices in sorted(seats.items())}
     if args.output == "json":
         print(
             json.dumps(

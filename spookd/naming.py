@@ -125,6 +125,30 @@ def env_suffixes(count: int, keys: Iterable[str]) -> Iterator[str]:
             yield part + key
 
 
+# -- seats of a shared device -------------------------------------------------
+#
+# A device with ``capacity: N`` is advertised to the kubelet as N device IDs, its
+# seats: the instance ID itself for seat 1 (so capacity 1 is the device as before,
+# and raising the capacity keeps running allocations and Leases valid), then
+# ``<instanceID>::2`` … ``<instanceID>::N``. Instance IDs never contain ``:``, so no
+# seat ID can be another device's ID, and the instance ID is everything before ``::``.
+
+SEAT_SEPARATOR = "::"
+
+
+def seat_ids(instance_id: str, capacity: int) -> list[str]:
+    """The kubelet device IDs of a device's seats, seat 1 first."""
+    return [instance_id, *(f"{instance_id}{SEAT_SEPARATOR}{seat}" for seat in range(2, capacity + 1))]
+
+
+def seat_of(device_id: str) -> tuple[str, int]:
+    """(instance ID, seat number) of a kubelet device ID; an ID without a seat part is seat 1."""
+    instance, separator, seat = device_id.partition(SEAT_SEPARATOR)
+    if separator and seat.isdigit() and seat.isascii():
+        return instance, int(seat)
+    return device_id, 1
+
+
 def generation_socket_name(socket_name: str, generation: int, plugin_dir: str) -> str:
     """The name a server moves to when the kubelet still holds its socket path.
 

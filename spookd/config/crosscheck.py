@@ -44,9 +44,10 @@ class DeviceIndex(Generic[P]):
         names, after its prefix, spell another's (``e.com/x`` with key ``FOO_ID`` and
         ``e.com/x-foo``'s own ``ID``).
         """
+        # how many devices one container may get: every seat of every device
         counts: dict[str, int] = {}
-        for resource, _ in self.seen:
-            counts[resource] = counts.get(resource, 0) + 1
+        for (resource, _), (device, _) in self.seen.items():
+            counts[resource] = counts.get(resource, 0) + device.capacity
         by_prefix: dict[str, str] = {}
         for resource in sorted(counts):
             prefix = env_prefix(resource)

@@ -1,5 +1,5 @@
 """Validation of what a device may carry besides its env (SPEC §10): health checks,
-host device nodes, mounts, annotations and CDI device names."""
+host device nodes, mounts, annotations, CDI device names and capacity."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from spookd.config.report import Report
 from spookd.config.rules import (
     DURATION,
     DURATION_UNITS,
+    MAX_CAPACITY,
     MAX_DURATION,
     absolute_path_ok,
     annotation_key_ok,
+    capacity_problem,
     cdi_name_ok,
     parse_int,
     permissions_ok,
@@ -196,3 +198,26 @@ def _count(report: Report, path: str, node: Node | None, default: int) -> int | 
         report.error(path, node, "a threshold must be a whole number from 1 to 1000")
         return None
     return parse_int(node.value)
+
+
+def capacity(report: Report, path: str, node: Node | None) -> int | None:
+    """``capacity``: how many containers may hold the device at once (1 when absent)."""
+    if node is None:
+        return 1
+    if not isinstance(node, ScalarNode) or tag(node) != INT:
+        hint = ""
+        if isinstance(node, ScalarNode) and tag(node) == STR and node.value.strip().isdigit():
+            hint = f"; write it without quotes: capacity: {node.value.strip()}"
+        report.error(
+            path,
+            node,
+            f"capacity must be a whole number from 1 to {MAX_CAPACITY} (how many containers may "
+            f"hold the device at once), got {describe(node)}{hint}",
+        )
+        return None
+    value = parse_int(node.value)
+    problem = capacity_problem(value)
+    if problem is not None:
+        report.error(path, node, problem)
+        return None
+    return value

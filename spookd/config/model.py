@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import msgspec
 
+from spookd.naming import seat_ids
+
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 
@@ -48,6 +50,12 @@ class Device(msgspec.Struct, frozen=True, order=True):
     mounts: tuple[Mount, ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
     cdi_devices: tuple[str, ...] = ()
+    #: How many containers may hold the device at once; each is a seat (spookd.naming).
+    capacity: int = 1
+
+    def seats(self) -> list[str]:
+        """The kubelet device IDs this device is advertised as, one per seat."""
+        return seat_ids(self.instance_id, self.capacity)
 
 
 class DeviceMapping(msgspec.Struct, frozen=True):
@@ -79,15 +87,24 @@ class Config(msgspec.Struct, frozen=True):
         return desired
 
     def shared_devices(self) -> frozenset[tuple[str, str]]:
-        """(resource, instance ID) of devices that need cross-host claims: listed for
-        several hosts while ``exclusive`` is on; empty otherwise."""
+        """(resource, seat ID) of devices that need cross-host claims: listed for several
+        hosts while ``exclusive`` is on; empty otherwise. Each seat is claimed on its own,
+        so a device of capacity N has at most N holders cluster-wide."""
         if not self.exclusive:
             return frozenset()
         hosts: dict[tuple[str, str], set[str]] = {}
+        devices: dict[tuple[str, str], Device] = {}
         for mapping in self.mappings:
             for device in mapping.devices:
-                hosts.setdefault((device.resource_name, device.instance_id), set()).update(mapping.hosts)
-        return frozenset(key for key, names in hosts.items() if len(names) > 1)
+                key = (device.resource_name, device.instance_id)
+                hosts.setdefault(key, set()).update(mapping.hosts)
+                devices[key] = device
+        return frozenset(
+            (resource, seat)
+            for (resource, instance), names in hosts.items()
+            if len(names) > 1
+            for seat in devices[resource, instance].seats()
+        )
 
     def nodes(self) -> list[str]:
         """Every node name the configuration mentions, sorted."""

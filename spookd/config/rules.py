@@ -93,6 +93,21 @@ def env_value_problem(value: str) -> str | None:
     return None
 
 
+#: The most seats one device may have: each is a kubelet device ID (and, under
+#: ``exclusive``, a Lease), so a typo like ``capacity: 100000000`` must not reach them.
+MAX_CAPACITY = 1000
+
+
+def capacity_problem(value: int) -> str | None:
+    """Why ``value`` cannot be a device's capacity, or None when it can."""
+    if not 1 <= value <= MAX_CAPACITY:
+        return (
+            f"capacity {value} is out of range: it is how many containers may hold the device "
+            f"at once, a whole number from 1 to {MAX_CAPACITY}"
+        )
+    return None
+
+
 def tcp_target_ok(target: str) -> bool:
     """Whether ``target`` is host:port with a port from 1 to 65535."""
     match = _TCP_TARGET.fullmatch(target)

@@ -35,6 +35,7 @@ _DEVICE_KEYS = (
     "mounts",
     "annotations",
     "cdiDevices",
+    "capacity",
 )
 
 
@@ -153,7 +154,8 @@ class _Walk(Report):
         cdi = self.items(
             f"{path}.cdiDevices", keys.get("cdiDevices"), lambda p, n: hostdevices.cdi_name(self, p, n)
         )
-        if resource is None or instance is None or env is None or len(self.errors) > errors:
+        seats = hostdevices.capacity(self, f"{path}.capacity", keys.get("capacity"))
+        if resource is None or instance is None or env is None or seats is None or len(self.errors) > errors:
             return None
         device = Device(
             resource_name=resource,
@@ -164,6 +166,7 @@ class _Walk(Report):
             mounts=tuple(mounts),
             annotations=annotations,
             cdi_devices=tuple(cdi),
+            capacity=seats,
         )
         conflict = self.index.add(
             device, Place(path, node), Place(f"{path}.resourceName", keys["resourceName"])

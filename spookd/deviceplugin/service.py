@@ -14,7 +14,7 @@ from grpclib.exceptions import GRPCError
 
 from spookd._proto import v1beta1 as api
 from spookd._proto.upb.v1beta1 import api_pb2 as pb
-from spookd.allocation import container_env, host_devices, preferred_allocation
+from spookd.allocation import container_env, host_devices, preferred_allocation, seat_offset
 from spookd.claims import ClaimRefused, Claims
 from spookd.config.model import Device
 from spookd.deviceplugin import convert
@@ -31,9 +31,11 @@ class ServedDevices(Protocol):
 
     resource_name: str
     blocked: set[str]
+    #: seats per instance ID, for devices with more than one
+    capacities: dict[str, int]
 
     def get(self, device_id: str) -> Device | None:
-        """The device with this ID, if served."""
+        """The device this kubelet device ID (a seat) names, if served."""
 
     def subscribe(self, epoch: int) -> Stream:
         """A new ListAndWatch stream."""
@@ -175,6 +177,8 @@ class DevicePluginService(api.DevicePluginBase):
         self._answers: dict[tuple[tuple[str, ...], ...], Answer] = {}
         self._allocations = metrics.ALLOCATIONS.labels(self._resource)
         self._latency = metrics.ALLOCATE_LATENCY.labels(self._resource)
+        #: nodes sharing a device prefer different seats of it (spookd.allocation)
+        self._first_seat = 0 if claims is None else seat_offset(claims.node_name)
 
     def lookup(self, device_ids: Sequence[str]) -> list[Device]:
         """The devices for an Allocate request; INVALID_ARGUMENT for unknown or repeated IDs."""
@@ -201,8 +205,16 @@ class DevicePluginService(api.DevicePluginBase):
         self, message: api.PreferredAllocationRequest
     ) -> api.PreferredAllocationResponse:
         return convert.preferred_response(
-            # devices another node holds go last: the kubelet should not pick them
-            preferred_allocation(available, must, size, avoid=self._devices.blocked)
+            # devices another node holds go last: the kubelet should not pick them;
+            # seats spread over distinct devices first
+            preferred_allocation(
+                available,
+                must,
+                size,
+                avoid=self._devices.blocked,
+                capacity=self._devices.capacities,
+                first_seat=self._first_seat,
+            )
             for available, must, size in convert.preferred_requests(message)
         )
 

@@ -69,7 +69,13 @@ class DeviceList:
         #: devices another node holds: reported Unhealthy here
         self.blocked = set(blocked)
         self._on_streams_changed = on_streams_changed
+        #: by instance ID, as configured
         self._devices: dict[str, Device] = {}
+        #: by kubelet device ID: one per seat of each device (spookd.naming.seat_ids)
+        self._seats: dict[str, Device] = {}
+        #: seats per instance ID, for devices with more than one
+        self.capacities: dict[str, int] = {}
+        #: by instance ID: every seat of a device has the device's health
         self._health: dict[str, str] = {}
         self._version = 0
         self._encoded = PreEncoded(api.ListAndWatchResponse())
@@ -83,8 +89,8 @@ class DeviceList:
         return dict(self._devices)
 
     def get(self, device_id: str) -> Device | None:
-        """The device with this ID, if served."""
-        return self._devices.get(device_id)
+        """The device a kubelet device ID (a seat) names, if served."""
+        return self._seats.get(device_id)
 
     @property
     def streaming(self) -> bool:
@@ -98,6 +104,8 @@ class DeviceList:
         check keeps what its probes said, and starts Unhealthy until its first probe.
         """
         self._devices = {d.instance_id: d for d in devices}
+        self._seats = {seat: d for d in devices for seat in d.seats()}
+        self.capacities = {d.instance_id: d.capacity for d in devices if d.capacity > 1}
         if health is None:
             health = {
                 d.instance_id: self._health.get(d.instance_id, UNHEALTHY) if d.health_check else HEALTHY
@@ -107,21 +115,26 @@ class DeviceList:
         self._publish()
 
     def set_blocked(self, device_ids: set[str]) -> None:
-        """Devices another node holds: reported Unhealthy here until released."""
+        """Devices (seats) another node holds: reported Unhealthy here until released."""
         if device_ids != self.blocked:
             self.blocked = set(device_ids)
             self._publish()
 
     def set_health(self, device_id: str, health: str) -> None:
-        """A probe changed one device's health: push a snapshot if it really changed."""
+        """A probe changed one device's health (all its seats): push a snapshot if it really changed."""
         if device_id in self._devices and self._health.get(device_id) != health:
             self._health[device_id] = health
             self._publish()
 
     def _effective_health(self) -> dict[str, str]:
+        """Health by kubelet device ID: each seat has its device's, unless held elsewhere."""
+        if self.capacities:
+            health = {seat: self._health[d.instance_id] for seat, d in self._seats.items()}
+        else:
+            health = self._health
         if not self.blocked:
-            return self._health
-        return {i: UNHEALTHY if i in self.blocked else h for i, h in self._health.items()}
+            return health
+        return {i: UNHEALTHY if i in self.blocked else h for i, h in health.items()}
 
     def _publish(self) -> None:
         self._version += 1
