@@ -21,7 +21,14 @@ from typing import Any
 import msgspec.inspect as mi
 
 from spookd.config import model
-from spookd.config.rules import DNS_SUBDOMAIN, DURATION, ENV_KEY, QUALIFIED_NAME, VALID_INSTANCE_ID
+from spookd.config.rules import (
+    DNS_SUBDOMAIN,
+    DURATION,
+    ENV_KEY,
+    MAX_CAPACITY,
+    QUALIFIED_NAME,
+    VALID_INSTANCE_ID,
+)
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
 
@@ -55,6 +62,7 @@ _FORM: dict[tuple[str, str], dict[str, Any]] = {
     # Necessary, not sufficient: the validator checks the kubernetes.io namespace and lengths.
     ("Device", "resource_name"): {"pattern": f"^{DNS_SUBDOMAIN.pattern}/{QUALIFIED_NAME.pattern}$"},
     ("DeviceNode", "permissions"): {"pattern": "^[rwm]{1,3}$"},
+    ("Device", "capacity"): {"minimum": 1, "maximum": MAX_CAPACITY},
 }
 
 
