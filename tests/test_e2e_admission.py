@@ -11,7 +11,9 @@ It has no Node object, so the scheduler never places pods there; it only takes a
 frees the device the way a second kubelet would, by admitting and removing a pod.
 
 While node-x takes and frees the device in a cycle, pods asking for it are created
-on the cluster one after another (bare Pods, as an operator's test would). Each
+on the cluster while node-x holds it (bare Pods, as an operator's test would; a pod
+created while minikube holds the device just waits its turn there, and a stream of
+them keeps minikube holding it for good, so node-x would never get it back). Each
 pod's outcome is counted: Running (got the device), Pending (unschedulable: the
 scheduler saw no free device), or Failed with ``UnexpectedAdmissionError`` (bound
 to minikube while the device was held elsewhere; the kubelet refused it). A
@@ -57,7 +59,7 @@ OTHER = "node-x"
 NAMESPACE = "kube-system"  # the release's namespace: the Leases live there
 LABEL = "spookd-e2e=admission"
 #: How long the measurement runs, and the other node's cycle (hold, then free).
-MEASURE_SECONDS = 240.0
+MEASURE_SECONDS = 200.0
 HOLD = (6.0, 14.0)
 FREE = (4.0, 10.0)
 #: A new pod every this many seconds (while fewer than MAX_OPEN are undecided).
@@ -249,7 +251,7 @@ def test_pods_scheduled_while_the_device_is_held_elsewhere_pend_or_fail_admissio
         while time.monotonic() < end or any(not t.outcome for t in tracked.values()):
             now = time.monotonic()
             open_pods = [t for t in tracked.values() if not t.outcome]
-            if now < end and now >= next_create and len(open_pods) < MAX_OPEN:
+            if now < end and now >= next_create and len(open_pods) < MAX_OPEN and other.holds:
                 name = f"osc-{count:03d}"
                 count += 1
                 answer = api.create(_pod(name))
@@ -324,4 +326,4 @@ def test_pods_scheduled_while_the_device_is_held_elsewhere_pend_or_fail_admissio
     reasons = {t.detail.split(":")[0] for t in failed}
     assert reasons <= {"UnexpectedAdmissionError"}, [t.detail for t in failed]
     assert other.cycles >= 3, f"{OTHER} held the device only {other.cycles} times"
-    assert len(tracked) >= 20, summary
+    assert len(tracked) >= 10, summary
