@@ -22,7 +22,14 @@ def tests(session: nox.Session) -> None:
 def e2e(session: nox.Session) -> None:
     """The walkthrough typed with kubectl on a real one-node cluster, Spookd as a DaemonSet (root)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-p", "no:cacheprovider", "tests/test_e2e.py", env={"SPOOKD_E2E": "1"})
+    session.run(
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_e2e.py",
+        "tests/test_e2e_admission.py",
+        env={"SPOOKD_E2E": "1"},
+    )
 
 
 @nox.session(python=PYTHON)

@@ -123,6 +123,48 @@ class LeaseBook:
         return min(pending, default=None)
 
 
+#: The holder renews a claim once this share of the Lease duration has passed since it
+#: sent the last successful renewal (10.5 s of 15 s: 5.7 renewals a minute per device).
+RENEW_AFTER = 0.7
+#: A failed renewal is tried again after this share of the duration (1 s of 15 s)...
+RETRY_EVERY = 1 / 15
+#: ...and no try waits longer than this share for its answer (1.5 s of 15 s): two tries
+#: that hang fit into the 0.3 of the duration between the first try and the give-up.
+TRY_TIMEOUT = 0.1
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When a holder writes its Lease, derived from the Lease duration alone.
+
+    client-go's leader election gives a leader ``renewDeadline`` (10 s of a 15 s
+    Lease) to get a renewal through, retrying every ``retryPeriod`` (2 s), and
+    keeps the last third as the margin that makes the leader give up before any
+    candidate, which counts from when it *saw* the renewal, takes over. Spookd's
+    holder counts the duration from when it *sent* its last successful renewal, so
+    that margin is built in and the whole duration is the holder's: it stays quiet
+    for ``RENEW_AFTER`` of it (the API cost) and spends the rest retrying (what a
+    cut or an API server restart may last at the worst moment).
+    """
+
+    duration: float
+
+    @property
+    def renew_after(self) -> float:
+        """Seconds after the last successful renewal was sent that the next one is."""
+        return self.duration * RENEW_AFTER
+
+    @property
+    def retry_every(self) -> float:
+        """Seconds between the tries of a renewal that failed."""
+        return max(0.2, self.duration * RETRY_EVERY)
+
+    @property
+    def try_timeout(self) -> float:
+        """Seconds one renewal request may take."""
+        return max(1.0, self.duration * TRY_TIMEOUT)
+
+
 @dataclass
 class Holding:
     """A claim this node holds: its Lease's resourceVersion and the time of the last renewal."""
@@ -133,11 +175,26 @@ class Holding:
     duration: float
     #: Local monotonic time at which the claim was first taken (for the release grace).
     since: float
+    #: Local monotonic time of the next renewal try (0: when the last write says).
+    retry_at: float = 0.0
 
     def renewed(self, resource_version: str, sent_at: float) -> None:
         """A renewal sent at ``sent_at`` succeeded."""
         self.resource_version = resource_version
         self.renewed_at = max(self.renewed_at, sent_at)
+        self.retry_at = 0.0
+
+    def failed(self, now: float) -> None:
+        """A renewal try failed at ``now`` (network, 5xx, 429, timeout): try again soon."""
+        self.retry_at = now + Cadence(self.duration).retry_every
+
+    def next_renewal(self) -> float:
+        """The local monotonic time at which this claim is to be renewed."""
+        return self.retry_at or self.renewed_at + Cadence(self.duration).renew_after
+
+    def due(self, now: float) -> bool:
+        """A renewal of this claim is to be sent now."""
+        return now >= self.next_renewal()
 
     def lapsed(self, now: float) -> bool:
         """The Lease duration has passed since the last successful renewal was sent."""

@@ -25,10 +25,11 @@ pytestmark = [pytest.mark.apiserver, pytest.mark.harness]
 
 #: The Lease duration of TIMINGS: every figure below is a multiple of it.
 DURATION = float(TIMINGS["SPOOKD_LEASE_DURATION"])
-CUT_DURATION = 6.0
-CUT_TIMINGS = {**TIMINGS, "SPOOKD_LEASE_DURATION": "6"}
-#: A Lease outlasting an API server restart (4-8 s here) plus a renewal interval.
-LONG = {**TIMINGS, "SPOOKD_LEASE_DURATION": "20"}
+CUT_DURATION = 10.0
+CUT_TIMINGS = {**TIMINGS, "SPOOKD_LEASE_DURATION": "10"}
+#: A Lease whose retry window (the 0.3 of it after a renewal falls due: 9 s) outlasts an
+#: API server restart (4-8 s here) whenever in the renewal cycle the restart comes.
+LONG = {**TIMINGS, "SPOOKD_LEASE_DURATION": "30"}
 
 
 @pytest.fixture
@@ -133,15 +134,33 @@ def _proxied_kubeconfig(apiserver: ApiServer, proxy: TcpProxy, path: Path) -> Pa
     return path
 
 
-def test_a_holder_cut_off_for_less_than_the_lease_keeps_its_claim(
+def _next_renewal_seen(cluster: Cluster, timeout: float) -> float:
+    """Wait for the holder's next renewal of 0001 to show in the API; the monotonic time it did."""
+    before = cluster.lease("0001")
+    assert before is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lease = cluster.lease("0001")
+        if lease is not None and lease["spec"]["renewTime"] != before["spec"]["renewTime"]:
+            return time.monotonic()
+        time.sleep(0.05)
+    raise AssertionError(f"no renewal of the Lease in {timeout:g} s")
+
+
+def test_a_holder_cut_off_as_its_renewal_falls_due_keeps_its_claim(
     apiserver: ApiServer, make_cluster: Callable[[dict[str, str]], Cluster], tmp_path: Path
 ) -> None:
+    """The worst moment for a cut: just before a renewal is due, so only retries can save it.
+
+    Renewals are sent 0.7 of the duration after the last success and retried until the
+    duration has passed: a cut from 0.6 to 0.8 of the duration after a renewal makes the
+    due one fail for certain and leaves 0.2 of it (2 s of 10 s: more than a TLS reconnect
+    on a loaded machine) for a retry.
+    """
     address = urllib.parse.urlsplit(apiserver.server)
     assert address.hostname is not None
     assert address.port is not None
     with TcpProxy((address.hostname, address.port)) as proxy:
-        # 6 s rather than 3: the margin the rule leaves (0.6 - 0.4 of the duration) must
-        # outlast a TLS reconnect on a loaded machine (it did not at 0.6 s).
         cluster = make_cluster(CUT_TIMINGS)
         text = config(["node-a", "node-b"], ["0001"])
         a = cluster.add(
@@ -149,10 +168,11 @@ def test_a_holder_cut_off_for_less_than_the_lease_keeps_its_claim(
         )
         b = cluster.add("node-b", text)
         hold(cluster, a, [b])
-        # Cut off for 0.4 of the duration: a renewal (every third) fails, the retry wins.
+        renewed = _next_renewal_seen(cluster, timeout=CUT_DURATION)
+        time.sleep(max(0.0, renewed + 0.6 * CUT_DURATION - time.monotonic()))
         proxy.cut()
         health: set[str | None] = set()
-        cut_until = time.monotonic() + 0.4 * CUT_DURATION
+        cut_until = renewed + 0.8 * CUT_DURATION
         while time.monotonic() < cut_until:
             health.add(b.health().get("0001"))
             time.sleep(0.05)

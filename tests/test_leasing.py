@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from spookd.leasing import Holding, LeaseBook, LeaseRecord
+from spookd.leasing import Cadence, Holding, LeaseBook, LeaseRecord
 
 KEY = ("skao.int/oscilloscope", "0001")
 
@@ -90,6 +90,44 @@ def test_a_holder_gives_up_a_duration_after_the_last_successful_renewal_was_sent
     held.renewed("12", sent_at=5.0)  # a late answer to an older request does not extend it
     assert held.lapsed(25.0)
     assert held.resource_version == "12"
+
+
+def test_a_held_claim_is_renewed_at_0_7_of_the_duration_after_the_last_success_was_sent() -> None:
+    # 15 s: one renewal per 10.5 s, 5.7 a minute per held device (target: <= 6).
+    held = Holding(resource_version="10", renewed_at=0.0, duration=15, since=0.0)
+    assert held.next_renewal() == pytest.approx(10.5)
+    assert not held.due(10.4)
+    assert held.due(10.5)
+    assert 60 / Cadence(15).renew_after <= 6
+    held.renewed("11", sent_at=10.5)
+    assert held.next_renewal() == pytest.approx(21.0)
+
+
+def test_a_failed_renewal_is_retried_until_the_claim_lapses() -> None:
+    held = Holding(resource_version="10", renewed_at=0.0, duration=15, since=0.0)
+    tries = []
+    now = held.next_renewal()
+    while not held.lapsed(now):
+        tries.append(now)
+        held.failed(now)  # every try fails at once (connection refused)
+        now = held.next_renewal()
+    # Five tries in the 4.5 s between the first one and the give-up, as client-go's
+    # defaults make five tries (retryPeriod 2 s) within renewDeadline 10 s.
+    assert tries == pytest.approx([10.5, 11.5, 12.5, 13.5, 14.5])
+    held.renewed("11", sent_at=14.5)  # the last one got through: back to the quiet period
+    assert held.next_renewal() == pytest.approx(25.0)
+    assert not held.lapsed(29.4)
+
+
+def test_two_renewal_tries_that_hang_fit_before_a_claim_lapses() -> None:
+    # From 10 s up (below, the 1 s floor of a try's timeout binds): a first try that
+    # hangs until its timeout still leaves a second try, hung too, time to answer.
+    for duration in (10.0, 15.0, 30.0, 120.0):
+        cadence = Cadence(duration)
+        second_answered_by = cadence.renew_after + 2 * cadence.try_timeout + cadence.retry_every
+        assert second_answered_by <= duration, duration
+    cadence = Cadence(15)
+    assert (cadence.renew_after, cadence.retry_every, cadence.try_timeout) == pytest.approx((10.5, 1.0, 1.5))
 
 
 @pytest.mark.anyio
