@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="node name to render for",
     )
     render.add_argument(
+        "--node-labels",
+        default=_env("node-labels", ""),
+        metavar="KEY=VALUE[,KEY=VALUE...]",
+        help="the node's labels, for mappings with a nodeSelector (default: none)",
+    )
+    render.add_argument(
         "--allocate",
         action="append",
         default=(_env("allocate") or "").split(),
@@ -224,7 +230,13 @@ def cmd_render(args: argparse.Namespace) -> int:
         for error in exc.errors:
             print(error, file=sys.stderr)
         return EXIT_INVALID
-    desired = config.for_node(args.node)
+    from spookd.config.labels import parse_labels
+
+    try:
+        labels = parse_labels(args.node_labels)
+    except ValueError as exc:
+        raise UsageError(f"--node-labels: {exc}") from exc
+    desired = config.for_node(args.node, labels)
     wanted = _parse_allocation(args.allocate) or {
         resource: [min(devices)] for resource, devices in desired.items()
     }
@@ -243,6 +255,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "node": args.node,
+                    "labels": labels,
                     "resources": resources,
                     "allocation": wanted,
                     "env": dict(sorted(env.items())),

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import msgspec
 
+from spookd.config.labels import LabelSelector
+
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 
@@ -55,6 +57,14 @@ class DeviceMapping(msgspec.Struct, frozen=True):
 
     hosts: tuple[str, ...]
     devices: tuple[Device, ...]
+    #: Nodes whose labels match also get the devices (besides ``hosts``).
+    node_selector: LabelSelector | None = None
+
+    def applies_to(self, node: str, labels: Mapping[str, str] | None) -> bool:
+        """Whether the lower-cased ``node``, with ``labels`` (None: not known yet), gets the devices."""
+        if node in self.hosts:
+            return True
+        return self.node_selector is not None and labels is not None and self.node_selector.matches(labels)
 
 
 #: What one node should advertise: ``{resource_name: {instance_id: Device}}``.
@@ -68,12 +78,14 @@ class Config(msgspec.Struct, frozen=True):
     #: Devices listed for several hosts are held by one node at a time (SPEC §10).
     exclusive: bool = False
 
-    def for_node(self, node_name: str) -> dict[str, dict[str, Device]]:
-        """The union of the devices of every mapping that lists ``node_name``."""
+    def for_node(
+        self, node_name: str, labels: Mapping[str, str] | None = None
+    ) -> dict[str, dict[str, Device]]:
+        """The union of the devices of every mapping that lists ``node_name`` or selects its ``labels``."""
         node = node_name.lower()
         desired: dict[str, dict[str, Device]] = {}
         for mapping in self.mappings:
-            if node in mapping.hosts:
+            if mapping.applies_to(node, labels):
                 for device in mapping.devices:
                     desired.setdefault(device.resource_name, {})[device.instance_id] = device
         return desired
@@ -85,9 +97,15 @@ class Config(msgspec.Struct, frozen=True):
             return frozenset()
         hosts: dict[tuple[str, str], set[str]] = {}
         for mapping in self.mappings:
+            # A selector may match any number of nodes: its devices are shared.
+            names = (*mapping.hosts, "", " ") if mapping.node_selector is not None else mapping.hosts
             for device in mapping.devices:
-                hosts.setdefault((device.resource_name, device.instance_id), set()).update(mapping.hosts)
+                hosts.setdefault((device.resource_name, device.instance_id), set()).update(names)
         return frozenset(key for key, names in hosts.items() if len(names) > 1)
+
+    def uses_labels(self) -> bool:
+        """Some mapping selects nodes by label: the node's labels must be read from the API."""
+        return any(mapping.node_selector is not None for mapping in self.mappings)
 
     def nodes(self) -> list[str]:
         """Every node name the configuration mentions, sorted."""
