@@ -169,7 +169,11 @@ class _Desire:
         with scope:
             logger.info("a mapping selects nodes by label: following this node's labels")
             async for labels in feed():
-                logger.info("node labels", node=self.node_name, labels=dict(sorted(labels.items())))
+                logger.info(
+                    "node labels",
+                    node=self.node_name,
+                    labels=",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+                )
                 self.labels = labels
                 if self.event is not None:
                     self._submit()

@@ -15,7 +15,6 @@ from spookd.claims import BlockedDevices, SharedClaims
 from spookd.config.versions import ObjectRef, SourceEvent
 from spookd.settings import Settings
 
-
 #: How long to wait before trying again to reach the API for the node's labels.
 _LABELS_RETRY = 30.0
 
