@@ -40,10 +40,10 @@ async def gather(api: client.ApiClient, config: Config, lease_namespace: str | N
         coordination = client.CoordinationV1Api(api)
         selector = ",".join(f"{k}={v}" for k, v in LABELS.items())
         listed = await coordination.list_namespaced_lease(lease_namespace, label_selector=selector)
-        for lease in listed.items or []:
-            key = lease_key(lease)
+        for item in listed.items or []:
+            key = lease_key(item)
             if key is not None:
-                leases[key] = lease
+                leases[key] = item
     pods = [
         p
         for p in (await core.list_pod_for_all_namespaces()).items or []
