@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +21,7 @@ import anyio
 from loguru import logger
 
 from spookd.claims import BlockedDevices, SharedClaims
+from spookd.config.model import Device
 from spookd.config.versions import Accepted, Deleted, EventSink, Rejected, SourceEvent
 from spookd.deviceplugin.servers import ResourceLifecycle, Servers, Submission
 from spookd.deviceplugin.watch import watch_plugin_dir
@@ -33,6 +34,10 @@ class Component(Protocol):
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start, say so through ``task_status``, and run until cancelled."""
+
+
+#: Starts following this node's labels (from the API): the labels once known, then at every change.
+LabelFeed = Callable[[], AsyncIterator[Mapping[str, str]]]
 
 
 class ReportingSink(EventSink, Component, Protocol):
@@ -75,6 +80,7 @@ async def run(
     blocked: BlockedDevices | None = None,
     http_addr: tuple[str, int] | None = None,
     report_failing_after: float = 60.0,
+    node_labels: LabelFeed | None = None,
 ) -> None:
     """Serve the node's devices from ``source`` until SIGTERM/SIGINT."""
     state = state or AppState(node_name=node_name)
@@ -103,22 +109,89 @@ async def run(
             from spookd.observe.http import serve_http
 
             tg.start_soon(serve_http, *http_addr, state.ready)
-        await _consume(source, node_name=node_name, state=state, servers=servers, events=events)
+        desire = _Desire(node_name, servers, node_labels, tg)
+        await _consume(source, state=state, desire=desire, events=events)
         # A source that ends (tests, one-shot runs) leaves the servers serving.
         await anyio.sleep_forever()
+
+
+class _Desire:
+    """The desired state from the newest accepted configuration and this node's labels.
+
+    The labels are followed only while some mapping has a ``nodeSelector``: without
+    one Spookd never reads its Node. Until they are first known, selector mappings
+    select nothing; a label change is submitted like a configuration edit.
+    """
+
+    def __init__(
+        self, node_name: str, servers: Servers, feed: LabelFeed | None, tg: anyio.abc.TaskGroup
+    ) -> None:
+        self.node_name = node_name
+        self.servers = servers
+        self.feed = feed
+        self.tg = tg
+        self.event: Accepted | None = None
+        self.labels: Mapping[str, str] | None = None
+        self.following: anyio.CancelScope | None = None
+
+    def accepted(self, event: Accepted) -> dict[str, dict[str, Device]]:
+        """A new configuration: follow the labels if it needs them, and submit it."""
+        self.event = event
+        self._follow(event.config.uses_labels())
+        return self._submit()
+
+    def deleted(self, event: Deleted) -> None:
+        """No configuration: nothing to serve, no labels to follow."""
+        self.event = None
+        self._follow(False)
+        self.servers.mailbox.put(Submission({}, event))
+
+    def _submit(self) -> dict[str, dict[str, Device]]:
+        assert self.event is not None
+        desired = self.event.config.for_node(self.node_name, self.labels)
+        shared = frozenset(
+            k for k in self.event.config.shared_devices() if seat_of(k[1])[0] in desired.get(k[0], {})
+        )
+        self.servers.mailbox.put(Submission(desired, self.event, shared))
+        return desired
+
+    def _follow(self, wanted: bool) -> None:
+        if wanted and self.following is None:
+            if self.feed is None:
+                logger.error("nodeSelector needs the Kubernetes API; mappings with one select no node")
+                return
+            self.following = anyio.CancelScope()
+            self.tg.start_soon(self._labels, self.following, self.feed)
+        elif not wanted and self.following is not None:
+            logger.info("no mapping selects nodes by label any more: not reading the Node")
+            self.following.cancel()
+            self.following = None
+            self.labels = None
+
+    async def _labels(self, scope: anyio.CancelScope, feed: LabelFeed) -> None:
+        with scope:
+            logger.info("a mapping selects nodes by label: following this node's labels")
+            async for labels in feed():
+                logger.info(
+                    "node labels",
+                    node=self.node_name,
+                    labels=",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+                )
+                self.labels = labels
+                if self.event is not None:
+                    self._submit()
 
 
 async def _consume(
     source: AsyncIterator[SourceEvent],
     *,
-    node_name: str,
     state: AppState,
-    servers: Servers,
+    desire: _Desire,
     events: EventSink | None,
 ) -> None:
     async for event in source:
         if isinstance(event, Accepted):
-            desired = event.config.for_node(node_name)
+            desired = desire.accepted(event)
             metrics.CONFIG_RELOADS.labels("accepted").inc()
             metrics.LAST_GOOD_CONFIG.set(time.time())
             state.config_loaded = True
@@ -128,10 +201,6 @@ async def _consume(
                 resources=len(desired),
                 devices=sum(len(d) for d in desired.values()),
             )
-            shared = frozenset(
-                k for k in event.config.shared_devices() if seat_of(k[1])[0] in desired.get(k[0], {})
-            )
-            servers.mailbox.put(Submission(desired, event, shared))
         elif isinstance(event, Rejected):
             metrics.CONFIG_RELOADS.labels("rejected").inc()
             logger.error(
@@ -146,7 +215,7 @@ async def _consume(
             metrics.CONFIG_RELOADS.labels("deleted").inc()
             logger.warning("configuration deleted: withdrawing every resource", source=event.source)
             state.config_loaded = False
-            servers.mailbox.put(Submission({}, event))
+            desire.deleted(event)
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:

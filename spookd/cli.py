@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="node name to render for",
     )
     render.add_argument(
+        "--node-labels",
+        default=_env("node-labels", ""),
+        metavar="KEY=VALUE[,KEY=VALUE...]",
+        help="the node's labels, for mappings with a nodeSelector (default: none)",
+    )
+    render.add_argument(
         "--allocate",
         action="append",
         default=(_env("allocate") or "").split(),
@@ -141,7 +147,54 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument(
         "--output", choices=("text", "json"), default=_env("output", "text"), help="output format"
     )
+    status = sub.add_parser("status", help="list every device, its nodes and who holds it (kubeconfig)")
+    status.add_argument("--config", metavar="FILE", default=_env("config"), help="YAML configuration")
+    status.add_argument(
+        "--configmap", metavar="NAMESPACE/NAME", default=_env("configmap"), help="ConfigMap to read"
+    )
+    status.add_argument("--configmap-key", metavar="KEY", default=_env("configmap-key", "config.yaml"))
+    status.add_argument(
+        "--lease-namespace",
+        metavar="NAMESPACE",
+        default=_env("lease-namespace"),
+        help="namespace of the Leases of exclusive devices (default: the ConfigMap's)",
+    )
+    status.add_argument("--kubeconfig", metavar="PATH", default=None, help="default: $KUBECONFIG")
+    status.add_argument(
+        "--output", choices=("text", "json"), default=_env("output", "text"), help="output format"
+    )
     return parser
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Every configured device with its nodes, their health and who holds it."""
+    if bool(args.config) == bool(args.configmap):
+        raise UsageError("give exactly one of --config FILE or --configmap NAMESPACE/NAME")
+    if args.configmap and args.configmap.count("/") != 1:
+        raise UsageError(f"--configmap {args.configmap!r} must look like NAMESPACE/NAME")
+    import anyio
+
+    from spookd.config import ConfigInvalid
+    from spookd.kube import status
+
+    configmap = (*args.configmap.split("/"), args.configmap_key) if args.configmap else None
+    leases = args.lease_namespace or (configmap[0] if configmap else None)
+    source = f"{args.configmap}:{args.configmap_key}" if configmap else args.config
+    text = None if configmap else _read_config_file(args.config)
+    try:
+        report = anyio.run(
+            lambda: status.status(
+                text, source, configmap=configmap, lease_namespace=leases, kubeconfig=args.kubeconfig
+            )
+        )
+    except ConfigInvalid as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return EXIT_INVALID
+    except (ConnectionError, LookupError) as exc:
+        raise UsageError(str(exc)) from exc
+    print(json.dumps(report, indent=2) if args.output == "json" else status.text(report))
+    return EXIT_OK
 
 
 def _logging_flags(parser: argparse.ArgumentParser) -> None:
@@ -291,7 +344,13 @@ def cmd_render(args: argparse.Namespace) -> int:
         for error in exc.errors:
             print(error, file=sys.stderr)
         return EXIT_INVALID
-    desired = config.for_node(args.node)
+    from spookd.config.labels import parse_labels
+
+    try:
+        labels = parse_labels(args.node_labels)
+    except ValueError as exc:
+        raise UsageError(f"--node-labels: {exc}") from exc
+    desired = config.for_node(args.node, labels)
     wanted = _parse_allocation(args.allocate) or {
         resource: [min(devices)] for resource, devices in desired.items()
     }
@@ -312,6 +371,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "node": args.node,
+                    "labels": labels,
                     "resources": resources,
                     "allocation": wanted,
                     "env": dict(sorted(env.items())),
@@ -393,8 +453,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("missing command: run, validate or render (see `spookd --help`)")
-        handler = {"run": cmd_run, "validate": cmd_validate, "render": cmd_render}[args.command]
+            raise UsageError("missing command: run, validate, render or status (see `spookd --help`)")
+        handler = {"run": cmd_run, "validate": cmd_validate, "render": cmd_render, "status": cmd_status}[
+            args.command
+        ]
         status = handler(args)
     except UsageError as exc:
         print(f"spookd: error: {exc}", file=sys.stderr)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import anyio
 from loguru import logger
@@ -14,9 +15,37 @@ from spookd.claims import BlockedDevices, SharedClaims
 from spookd.config.versions import ObjectRef, SourceEvent
 from spookd.settings import Settings
 
+#: How long to wait before trying again to reach the API for the node's labels.
+_LABELS_RETRY = 30.0
+
+
+def _label_feed(settings: Settings, api: list[Any]) -> AsyncIterator[Mapping[str, str]]:
+    """This node's labels from the API: connects (once) when a mapping first needs them."""
+
+    async def feed() -> AsyncIterator[Mapping[str, str]]:
+        from spookd.kube.client import connect
+        from spookd.kube.nodelabels import NodeLabels
+
+        while not api:
+            try:
+                api.append(await connect())
+            except ConnectionError as exc:
+                logger.error(
+                    "cannot read this node's labels: {error}; mappings with a nodeSelector select "
+                    "no node until then",
+                    error=str(exc),
+                )
+                await anyio.sleep(_LABELS_RETRY)
+        async for labels in NodeLabels(api[0], settings.node_name, settings.tuning.watch_timeout).changes():
+            yield labels
+
+    return feed()
+
 
 async def _main(settings: Settings) -> None:
     source: AsyncIterator[SourceEvent]
+    #: The API client, once connected (by the claims, the ConfigMap source or the label feed).
+    shared_api: list[Any] = []
     events: ReportingSink | None = None
     cleaner: Cleaner | None = None
     claims: SharedClaims | None = None
@@ -31,6 +60,7 @@ async def _main(settings: Settings) -> None:
         from spookd.kube.leases import LeaseClaims
 
         api = await connect()
+        shared_api.append(api)
         tuning = settings.tuning
         claims = LeaseClaims(
             api,
@@ -67,6 +97,7 @@ async def _main(settings: Settings) -> None:
         blocked=blocked,
         http_addr=settings.http_addr,
         report_failing_after=settings.tuning.registration_event_after,
+        node_labels=lambda: _label_feed(settings, shared_api),
     )
 
 

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "spookd"
 PLAIN = REPO / "deploy" / "spookd-device-plugin.yaml"
 TEST_DEPLOYMENT = REPO / "deploy" / "spookd-test-deployment.yaml"
+NODE_LABELS = REPO / "deploy" / "spookd-node-labels.yaml"
 VALUES_DIR = REPO / "tests" / "data" / "helm"
 
 #: Values file per case (None: the chart's defaults) and the namespace it renders into.
@@ -324,15 +325,55 @@ def test_cluster_permissions_are_opt_in(helm: Helm) -> None:
         "DaemonSet",
     }
     everything = helm.template("spookd", "lab", _values("all-options"))
-    cluster_role = _one(everything, "ClusterRole")
-    assert cluster_role["rules"] == [
-        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["get", "patch"]}
-    ]
+    cluster_roles = {o["metadata"]["name"]: o["rules"] for o in everything if o["kind"] == "ClusterRole"}
+    assert cluster_roles == {
+        "lab-devices-lab-node-status": [
+            {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["get", "patch"]}
+        ],
+        "lab-devices-lab-node-labels": [
+            {
+                "apiGroups": [""],
+                "resources": ["nodes"],
+                "resourceNames": ["lab1-host1", "lab1-host2", "lab2-host1"],
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
+    }
     lease_rules = [r for r in _one(everything, "Role")["rules"] if "leases" in r["resources"]]
     assert lease_rules
     assert lease_rules[0]["apiGroups"] == ["coordination.k8s.io"]
-    binding = _one(everything, "ClusterRoleBinding")
-    assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    bound = {o["roleRef"]["name"] for o in everything if o["kind"] == "ClusterRoleBinding"}
+    assert bound == set(cluster_roles)
+
+
+def test_a_node_selector_needs_the_opt_in_node_labels_rule(helm: Helm) -> None:
+    mapping = '[{"nodeSelector": {"matchLabels": {"gpu": "true"}}, "devices": []}]'
+    proc = helm.run(
+        *helm.template_args("spookd", "kube-system", set_json={"deviceMapping": mapping}), check=False
+    )
+    assert proc.returncode != 0, "helm accepted a nodeSelector without rbac.nodeLabels"
+    assert "deviceMapping[0] has a nodeSelector: set rbac.nodeLabels=true" in proc.stderr
+    objects = helm.template(
+        "spookd", "kube-system", set_json={"deviceMapping": mapping, "rbac.nodeLabels": "true"}
+    )
+    role = _one(objects, "ClusterRole")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
+    plain = [o for o in _load(NODE_LABELS) if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    rendered = [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert [(o["kind"], o["metadata"]["name"], o.get("rules"), o.get("subjects")) for o in plain] == [
+        (o["kind"], o["metadata"]["name"], o.get("rules"), o.get("subjects")) for o in rendered
+    ], "deploy/spookd-node-labels.yaml and the chart's rbac.nodeLabels drift apart"
+    operator = (
+        '[{"nodeSelector": {"matchExpressions": [{"key": "gpu", "operator": "exists"}]}, "devices": []}]'
+    )
+    proc = helm.run(
+        *helm.template_args(
+            "spookd", "kube-system", set_json={"deviceMapping": operator, "rbac.nodeLabels": "true"}
+        ),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "/deviceMapping/0/nodeSelector/matchExpressions/0/operator" in proc.stderr
 
 
 # ------------------------------------------------- plain manifest vs chart: no drift
@@ -436,7 +477,7 @@ def test_helm_installs_upgrades_and_uninstalls_the_chart(
     assert gone.status == 404
 
 
-@pytest.mark.parametrize("manifest", [PLAIN, TEST_DEPLOYMENT], ids=lambda p: p.name)
+@pytest.mark.parametrize("manifest", [PLAIN, TEST_DEPLOYMENT, NODE_LABELS], ids=lambda p: p.name)
 def test_plain_manifests_are_accepted_by_the_api_server(admin: ApiClient, manifest: Path) -> None:
     _assert_accepted(admin, _load(manifest), manifest.name)
 

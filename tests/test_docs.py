@@ -155,11 +155,11 @@ def test_every_spookd_variable_and_default_is_in_the_cli_page(monkeypatch: pytes
 
 def _loader_keys() -> dict[str, tuple[str, ...]]:
     from spookd import naming
-    from spookd.config import hostdevices, validate
+    from spookd.config import hostdevices, selectors, validate
 
     keys = {
         name: tuple(sorted(value)) if isinstance(value, frozenset | set) else tuple(value)
-        for module in (validate, hostdevices)
+        for module in (validate, hostdevices, selectors)
         for name, value in vars(module).items()
         if re.fullmatch(r"_[A-Z_]*KEYS", name) and isinstance(value, tuple | frozenset | set)
     }

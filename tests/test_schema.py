@@ -17,7 +17,7 @@ import pytest
 from ruamel.yaml import YAML
 from support.helm import Helm
 
-from spookd.config import hostdevices, load_config, validate
+from spookd.config import hostdevices, load_config, selectors, validate
 from spookd.config.schema import SchemaError, chart_values_schema, config_schema, render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,6 +163,8 @@ def test_the_schema_names_exactly_the_keys_the_loader_accepts() -> None:
         "HealthCheck": hostdevices._HEALTH_KEYS,
         "DeviceNode": hostdevices._DEVICE_NODE_KEYS,
         "Mount": hostdevices._MOUNT_KEYS,
+        "LabelSelector": selectors._SELECTOR_KEYS,
+        "LabelRequirement": selectors._REQUIREMENT_KEYS,
     }
     assert objects.keys() == loader.keys(), "a model struct the test does not know: add its loader keys"
     for name, keys in loader.items():

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from spookd.config.labels import LabelSelector
 from spookd.naming import seat_ids
 
 HEALTHY = "Healthy"
@@ -63,6 +64,14 @@ class DeviceMapping(msgspec.Struct, frozen=True):
 
     hosts: tuple[str, ...]
     devices: tuple[Device, ...]
+    #: Nodes whose labels match also get the devices (besides ``hosts``).
+    node_selector: LabelSelector | None = None
+
+    def applies_to(self, node: str, labels: Mapping[str, str] | None) -> bool:
+        """Whether the lower-cased ``node``, with ``labels`` (None: not known yet), gets the devices."""
+        if node in self.hosts:
+            return True
+        return self.node_selector is not None and labels is not None and self.node_selector.matches(labels)
 
 
 #: What one node should advertise: ``{resource_name: {instance_id: Device}}``.
@@ -76,12 +85,14 @@ class Config(msgspec.Struct, frozen=True):
     #: Devices listed for several hosts are held by one node at a time (SPEC §10).
     exclusive: bool = False
 
-    def for_node(self, node_name: str) -> dict[str, dict[str, Device]]:
-        """The union of the devices of every mapping that lists ``node_name``."""
+    def for_node(
+        self, node_name: str, labels: Mapping[str, str] | None = None
+    ) -> dict[str, dict[str, Device]]:
+        """The union of the devices of every mapping that lists ``node_name`` or selects its ``labels``."""
         node = node_name.lower()
         desired: dict[str, dict[str, Device]] = {}
         for mapping in self.mappings:
-            if node in mapping.hosts:
+            if mapping.applies_to(node, labels):
                 for device in mapping.devices:
                     desired.setdefault(device.resource_name, {})[device.instance_id] = device
         return desired
@@ -95,9 +106,11 @@ class Config(msgspec.Struct, frozen=True):
         hosts: dict[tuple[str, str], set[str]] = {}
         devices: dict[tuple[str, str], Device] = {}
         for mapping in self.mappings:
+            # A selector may match any number of nodes: its devices are shared.
+            names = (*mapping.hosts, "", " ") if mapping.node_selector is not None else mapping.hosts
             for device in mapping.devices:
                 key = (device.resource_name, device.instance_id)
-                hosts.setdefault(key, set()).update(mapping.hosts)
+                hosts.setdefault(key, set()).update(names)
                 devices[key] = device
         return frozenset(
             (resource, seat)
@@ -105,6 +118,10 @@ class Config(msgspec.Struct, frozen=True):
             if len(names) > 1
             for seat in devices[resource, instance].seats()
         )
+
+    def uses_labels(self) -> bool:
+        """Some mapping selects nodes by label: the node's labels must be read from the API."""
+        return any(mapping.node_selector is not None for mapping in self.mappings)
 
     def nodes(self) -> list[str]:
         """Every node name the configuration mentions, sorted."""

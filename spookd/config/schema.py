@@ -37,7 +37,9 @@ _KEYS = {"mappings": "deviceMapping"}
 #: Required in the YAML although the model has a default for an empty configuration...
 _REQUIRED = {("Config", "mappings")}
 #: ...and optional in the YAML although the model needs a value (the loader fills it in).
-_OPTIONAL = {("DeviceNode", "container_path")}
+_OPTIONAL = {("DeviceNode", "container_path"), ("DeviceMapping", "hosts")}
+#: Objects that need at least one of these keys (a mapping names its nodes one way or both).
+_ANY_OF_KEYS: dict[str, tuple[str, ...]] = {"DeviceMapping": ("hosts", "nodeSelector")}
 #: What the YAML spells differently from the model's type: (struct, field) → schema.
 _SPELLED: dict[tuple[str, str], dict[str, Any]] = {
     ("Device", "env"): {
@@ -63,6 +65,7 @@ _FORM: dict[tuple[str, str], dict[str, Any]] = {
     ("Device", "resource_name"): {"pattern": f"^{DNS_SUBDOMAIN.pattern}/{QUALIFIED_NAME.pattern}$"},
     ("DeviceNode", "permissions"): {"pattern": "^[rwm]{1,3}$"},
     ("Device", "capacity"): {"minimum": 1, "maximum": MAX_CAPACITY},
+    ("LabelRequirement", "operator"): {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
 }
 
 
@@ -168,6 +171,8 @@ def _object(info: mi.Type, definitions: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "object", "additionalProperties": False}
     if required:
         out["required"] = required
+    if name in _ANY_OF_KEYS:
+        out["anyOf"] = [{"required": [key]} for key in _ANY_OF_KEYS[name]]
     out["properties"] = properties
     return out
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from spookd.config import hostdevices
+from spookd.config import hostdevices, selectors
 from spookd.config.crosscheck import DeviceIndex
 from spookd.config.model import Config, ConfigInvalid, Device, DeviceMapping
 from spookd.config.report import Place, Report
@@ -25,7 +25,7 @@ from spookd.config.rules import (
 from spookd.config.yamlnodes import BOOL, FLOAT, INT, STR, describe, is_null, tag
 
 _TOP_KEYS = ("deviceMapping", "exclusive")
-_MAPPING_KEYS = ("hosts", "devices")
+_MAPPING_KEYS = ("hosts", "devices", "nodeSelector")
 _DEVICE_KEYS = (
     "resourceName",
     "instanceID",
@@ -90,8 +90,18 @@ class _Walk(Report):
         if not isinstance(node, MappingNode):
             self.error(path, node, f"expected a mapping with `hosts` and `devices`, got {describe(node)}")
             return None
-        keys = self.keys(path, node, _MAPPING_KEYS, _MAPPING_KEYS)
+        keys = self.keys(path, node, _MAPPING_KEYS, ("devices",))
+        near_miss = any(
+            e.path.startswith(f"{path}.")
+            and ("did you mean `hosts`" in e.message or "did you mean `nodeSelector`" in e.message)
+            for e in self.errors
+        )
+        if not keys.keys() & {"hosts", "nodeSelector"} and not near_miss:
+            self.error(path, node, "missing key `hosts` (or `nodeSelector`)")
         hosts = self.hosts(f"{path}.hosts", keys["hosts"]) if "hosts" in keys else []
+        selector = None
+        if "nodeSelector" in keys:
+            selector = selectors.node_selector(self, f"{path}.nodeSelector", keys["nodeSelector"])
         devices: list[Device] = []
         devices_node = keys.get("devices")
         if devices_node is not None:
@@ -107,7 +117,7 @@ class _Walk(Report):
                     devices_node,
                     f"expected a list of devices, got {describe(devices_node)}{hint}",
                 )
-        return DeviceMapping(hosts=tuple(hosts), devices=tuple(devices))
+        return DeviceMapping(hosts=tuple(hosts), devices=tuple(devices), node_selector=selector)
 
     def hosts(self, path: str, node: Node) -> list[str]:
         if not isinstance(node, SequenceNode):
