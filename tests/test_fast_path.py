@@ -352,3 +352,18 @@ def test_no_typed_plain_form_holds_two_dots() -> None:
         assert _most(parser.parse(regexp.pattern, regexp.flags), ord(".")) <= 1, first
     assert _most(parser.parse(r"a\.b(?:\.c)?", 0), ord(".")) == 2
     assert _most(parser.parse(r"[.x]+", 0), ord(".")) == float("inf")
+
+
+def test_the_fast_paths_own_copy_of_ruamels_typed_forms_is_ruamels() -> None:
+    """spookd.config.plainforms spares the fast path importing ruamel.yaml; it must say the same."""
+    from ruamel.yaml.reader import Reader
+
+    from spookd.config import plainforms
+    from spookd.config.yamlnodes import TYPED_PLAIN
+
+    assert plainforms.TYPED_PLAIN.keys() == TYPED_PLAIN.keys()
+    for first, regexp in TYPED_PLAIN.items():
+        copy = plainforms.TYPED_PLAIN[first]
+        assert (copy.pattern, copy.flags) == (regexp.pattern, regexp.flags), first
+    ours = plainforms.NON_PRINTABLE
+    assert (ours.pattern, ours.flags) == (Reader.NON_PRINTABLE.pattern, Reader.NON_PRINTABLE.flags)

@@ -35,17 +35,16 @@ from __future__ import annotations
 from typing import Any
 
 import yaml_rs
-from ruamel.yaml.reader import Reader
 
 from spookd.config.crosscheck import prefix_collisions
 from spookd.config.model import Config, Device, DeviceMapping
+from spookd.config.plainforms import NON_PRINTABLE, TYPED_PLAIN
 from spookd.config.rules import (
     VALID_INSTANCE_ID,
     env_key_problem,
     extended_resource_name_problem,
     node_name_ok,
 )
-from spookd.config.yamlnodes import TYPED_PLAIN
 
 #: Characters that send a configuration to the reference: tags, directives,
 #: escapes, block scalars, tabs and odd line breaks, and what ruamel.yaml's reader refuses.
@@ -101,7 +100,7 @@ def _safe(text: str) -> bool:
         # A search for two bytes costs a pass over the text, one for a single byte is a
         # memchr: the pieces with a rare byte are looked for only when that byte occurs.
         return not any(piece in folded for piece, gate in _UNSAFE_FOLDED if gate is None or gate in raw)
-    if any(c in text for c in _UNSAFE_CHARS) or Reader.NON_PRINTABLE.search(text):
+    if any(c in text for c in _UNSAFE_CHARS) or NON_PRINTABLE.search(text):
         return False
     return not any(piece in text for piece in _UNSAFE_PIECES)
 
