@@ -13,27 +13,40 @@ from __future__ import annotations
 
 import re
 
-_FLOAT = r"""(?:^(?:
+_VERBOSE = re.VERBOSE | re.UNICODE
+# Each written inside re.compile, and combined by its .pattern.
+_FLOAT = re.compile(
+    r"""(?:^(?:
          [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
         |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
         |[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?
         |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$)"""
-_INT = r"""(?:^(?:[-+]?0b[0-1_]+
+        |\.(?:nan|NaN|NAN))$)""",
+    _VERBOSE,
+).pattern
+_INT = re.compile(
+    r"""(?:^(?:[-+]?0b[0-1_]+
         |[-+]?0o?[0-7_]+
         |[-+]?[0-9_]+
-        |[-+]?0x[0-9a-fA-F_]+)$)"""
-_TIMESTAMP = r"""(?:^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]
+        |[-+]?0x[0-9a-fA-F_]+)$)""",
+    _VERBOSE,
+).pattern
+_TIMESTAMP = re.compile(
+    r"""(?:^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]
         |[0-9][0-9][0-9][0-9] -[0-9][0-9]? -[0-9][0-9]?
         (?:[Tt]|[ \t]+)[0-9][0-9]?
         :[0-9][0-9] :[0-9][0-9] (?:\.[0-9]*)?
-        (?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$)"""
-_BOOL = r"(?:^(?:true|True|TRUE|false|False|FALSE)$)"
-_NULL = r"""(?:^(?: ~
+        (?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$)""",
+    _VERBOSE,
+).pattern
+_BOOL = re.compile(r"(?:^(?:true|True|TRUE|false|False|FALSE)$)").pattern
+_NULL = re.compile(
+    r"""(?:^(?: ~
         |null|Null|NULL
-        | )$)"""
+        | )$)""",
+    _VERBOSE,
+).pattern
 
-_VERBOSE = re.VERBOSE | re.UNICODE
 _BY_FORM: list[tuple[str, re.Pattern[str]]] = [
     ("FTft", re.compile(_BOOL, _VERBOSE)),
     ("+-", re.compile(f"{_FLOAT}|{_INT}", _VERBOSE)),
