@@ -8,7 +8,9 @@ should be, so that a fallback on everything would fail too.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml_rs
@@ -295,3 +297,73 @@ def test_instance_ids_at_the_length_limit() -> None:
             == (instance_id_problem(value) is None)
             == (n <= 63)
         )
+
+
+def _most(parsed: object, char: int) -> float:
+    """The most times a regular expression (parsed by re._parser) can match ``char``; inf if unbounded."""
+    c: Any = importlib.import_module("re._constants")
+    total = 0.0
+    for op, arg in parsed:  # type: ignore[attr-defined]
+        if op is c.LITERAL:
+            total += arg == char
+        elif op is c.NOT_LITERAL or op is c.ANY:
+            total += arg != char if op is c.NOT_LITERAL else 1
+        elif op is c.IN:
+            total += _in_set(arg, char)
+        elif op is c.BRANCH:
+            total += max(_most(branch, char) for branch in arg[1])
+        elif op is c.SUBPATTERN:
+            total += _most(arg[-1], char)
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT):
+            _low, high, body = arg
+            once = _most(body, char)
+            total += 0 if once == 0 else once * (float("inf") if high is c.MAXREPEAT else high)
+        elif op is not c.AT:
+            raise AssertionError(f"unexpected {op} in a typed-plain expression")
+    return total
+
+
+def _in_set(items: list[tuple[object, object]], char: int) -> bool:
+    c: Any = importlib.import_module("re._constants")
+    hit = False
+    negate = False
+    for op, arg in items:
+        if op is c.NEGATE:
+            negate = True
+        elif op is c.LITERAL:
+            hit = hit or arg == char
+        elif op is c.RANGE:
+            bounds: tuple[int, int] = arg  # type: ignore[assignment]
+            hit = hit or bounds[0] <= char <= bounds[1]
+        elif op is c.CATEGORY:
+            hit = True  # \d, \s and the like: assume the worst
+        else:
+            raise AssertionError(f"unexpected {op} in a character set")
+    return hit != negate
+
+
+def test_no_typed_plain_form_holds_two_dots() -> None:
+    """The walk skips ruamel.yaml's typed-plain expressions for strings with two dots (IP addresses)."""
+    from spookd.config.yamlnodes import TYPED_PLAIN
+
+    parser: Any = importlib.import_module("re._parser")
+
+    for first, regexp in TYPED_PLAIN.items():
+        assert _most(parser.parse(regexp.pattern, regexp.flags), ord(".")) <= 1, first
+    assert _most(parser.parse(r"a\.b(?:\.c)?", 0), ord(".")) == 2
+    assert _most(parser.parse(r"[.x]+", 0), ord(".")) == float("inf")
+
+
+def test_the_fast_paths_own_copy_of_ruamels_typed_forms_is_ruamels() -> None:
+    """spookd.config.plainforms spares the fast path importing ruamel.yaml; it must say the same."""
+    from ruamel.yaml.reader import Reader
+
+    from spookd.config import plainforms
+    from spookd.config.yamlnodes import TYPED_PLAIN
+
+    assert plainforms.TYPED_PLAIN.keys() == TYPED_PLAIN.keys()
+    for first, regexp in TYPED_PLAIN.items():
+        copy = plainforms.TYPED_PLAIN[first]
+        assert (copy.pattern, copy.flags) == (regexp.pattern, regexp.flags), first
+    ours = plainforms.NON_PRINTABLE
+    assert (ours.pattern, ours.flags) == (Reader.NON_PRINTABLE.pattern, Reader.NON_PRINTABLE.flags)

@@ -102,3 +102,54 @@ def test_the_pure_core_imports_no_threads_gc_switch_logging_or_io() -> None:
             if bad:
                 found.setdefault(str(path.relative_to(ROOT)), set()).update(bad)
     assert not found, found
+
+
+#: What a file-source daemon imports before and while serving, in a fresh interpreter.
+_DAEMON_IMPORTS = """
+import sys
+import spookd.runner, spookd.app, spookd.sources.file, spookd.deviceplugin.servers, spookd.deviceplugin.server
+from spookd.config import load_config
+config = load_config(open(sys.argv[1], "rb").read(), "lab.yaml")
+print(sorted({m.split(".")[0] for m in sys.modules} & {"ruamel", "_ruamel_yaml", "email", "zipfile"}))
+print("importlib.metadata" in sys.modules)
+import betterproto2, importlib.metadata
+print(betterproto2.__version__ == importlib.metadata.version("betterproto2"))
+"""
+
+
+def test_a_daemon_on_the_fast_path_never_loads_ruamel_yaml_or_importlib_metadata() -> None:
+    """Memory (issue #16): the reference parser and importlib.metadata load only when needed,
+    and betterproto2 still knows its own version."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _DAEMON_IMPORTS, str(DATA / "good" / "lab.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "False", "True"]
+
+
+def test_a_configuration_the_fast_path_leaves_loads_the_reference() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom spookd.config import ConfigInvalid, load_config\n"
+            "try:\n    load_config(b'deviceMapping: 5\\n', 'bad.yaml')\nexcept ConfigInvalid as exc:\n"
+            "    print(exc)\nprint('ruamel.yaml' in sys.modules)\n",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.splitlines() == [
+        "bad.yaml:1:16: deviceMapping: expected a list of mappings, got a number",
+        "True",
+    ]

@@ -35,17 +35,16 @@ from __future__ import annotations
 from typing import Any
 
 import yaml_rs
-from ruamel.yaml.reader import Reader
 
-from spookd.config.crosscheck import DeviceIndex
+from spookd.config.crosscheck import prefix_collisions
 from spookd.config.model import Config, Device, DeviceMapping
+from spookd.config.plainforms import NON_PRINTABLE, TYPED_PLAIN
 from spookd.config.rules import (
     VALID_INSTANCE_ID,
     env_key_problem,
     extended_resource_name_problem,
     node_name_ok,
 )
-from spookd.config.yamlnodes import TYPED_PLAIN
 
 #: Characters that send a configuration to the reference: tags, directives,
 #: escapes, block scalars, tabs and odd line breaks, and what ruamel.yaml's reader refuses.
@@ -61,7 +60,11 @@ _UNSAFE_START = ("_", "---", "...", ":")
 _SAFE_ASCII = bytes(c for c in range(0x20, 0x7F) if chr(c) not in _UNSAFE_CHARS) + b"\n"
 #: ...and after mapping separators to 1, X, O and B to 2 and `:` to 3, so are these pieces.
 _FOLD = bytes.maketrans(b" \n[{,?XOB:", b"\x01" * 6 + b"\x02" * 3 + b"\x03")
-_UNSAFE_FOLDED = (b"<<", b"0\x02", b"\x01_", b"\x03_", b"\x01---", b"\x01...", b"\x01\x03")
+#: Each with a byte it needs in the text, or None.
+_UNSAFE_FOLDED = (
+    (b"<<", b"<"), (b"0\x02", None), (b"\x01_", b"_"), (b"\x03_", b"_"),
+    (b"\x01---", None), (b"\x01...", None), (b"\x01\x03", None),
+)  # fmt: skip
 #: A string starting with an indicator may be a plain scalar libyaml refuses and YAML 1.2 allows.
 _INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
 _TOP_KEYS = frozenset({"deviceMapping", "exclusive"})
@@ -94,8 +97,10 @@ def _safe(text: str) -> bool:
         if raw.translate(None, _SAFE_ASCII):
             return False
         folded = raw.translate(_FOLD)
-        return not any(piece in folded for piece in _UNSAFE_FOLDED)
-    if any(c in text for c in _UNSAFE_CHARS) or Reader.NON_PRINTABLE.search(text):
+        # A search for two bytes costs a pass over the text, one for a single byte is a
+        # memchr: the pieces with a rare byte are looked for only when that byte occurs.
+        return not any(piece in folded for piece, gate in _UNSAFE_FOLDED if gate is None or gate in raw)
+    if any(c in text for c in _UNSAFE_CHARS) or NON_PRINTABLE.search(text):
         return False
     return not any(piece in text for piece in _UNSAFE_PIECES)
 
@@ -119,17 +124,23 @@ class _Walk:
     """SPEC §1 over yaml-rs's plain data; any doubt raises _Doubt.
 
     Repeated values (resource names, sets of env keys) are judged once, and the
-    per-string checks are inlined: this walk is the larger part of the fast path's time.
+    devices are walked in one loop with the per-string checks inlined: this walk was
+    the larger part of the fast path's time (docs/design.md, "Footprint").
     """
 
     def __init__(self, *, flow: bool) -> None:
         #: libyaml (ruamel.yaml's parser) refuses `:`, `?` and `#` in a plain scalar
         #: inside a flow collection ({V: 12:30}); YAML 1.2 and yaml-rs allow them.
         self.flow = flow
-        self.index: DeviceIndex[None] = DeviceIndex()
+        #: (resourceName, instanceID) -> the device first defined so.
+        self.seen: dict[tuple[str, str], Device] = {}
+        #: Distinct devices per resource, and the env keys its devices set.
+        self.counts: dict[str, int] = {}
+        self.resource_keys: dict[str, set[str]] = {}
+        #: Per resource, the sorted env keys last added to resource_keys.
+        self.last_order: dict[str, tuple[str, ...]] = {}
         #: Strings that ruamel.yaml would type if they had been written plain.
         self.maybe_plain: set[str] = set()
-        self.resources: set[str] = set()
         #: Env key tuples, in the order written, already judged: their sorted order.
         self.env_shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
 
@@ -142,7 +153,13 @@ class _Walk:
             raise _Doubt
         typed = TYPED_PLAIN.get(value[:1])
         # A plain scalar holds no line break and no space at its ends.
-        if typed is not None and typed.match(value) and "\n" not in value and value == value.strip():
+        if (
+            typed is not None
+            and value.count(".") < 2
+            and typed.match(value)
+            and "\n" not in value
+            and value == value.strip()
+        ):
             self.maybe_plain.add(value)
         return value
 
@@ -154,7 +171,10 @@ class _Walk:
         if type(exclusive) is not bool or type(mappings) is not list:
             raise _Doubt
         out = tuple(self.mapping(m) for m in mappings)
-        for _ in self.index.collisions():
+        counts = self.counts
+        for resource, _ in self.seen:
+            counts[resource] += 1
+        for _ in prefix_collisions(self.counts, self.resource_keys):
             raise _Doubt
         return Config(mappings=out, exclusive=exclusive)
 
@@ -170,43 +190,79 @@ class _Walk:
             if not node_name_ok(name):
                 raise _Doubt
             names.append(name)
-        return DeviceMapping(hosts=tuple(names), devices=tuple(self.device(d) for d in devices))
+        return DeviceMapping(hosts=tuple(names), devices=self.devices(devices))
 
-    def device(self, data: Any) -> Device:
-        # resourceName and instanceID, and env if present: anything else is an unknown key.
-        if type(data) is not dict or len(data) != 2 + ("env" in data):
-            raise _Doubt
-        resource: Any = data.get("resourceName")
-        if type(resource) is not str or resource not in self.resources:
-            if extended_resource_name_problem(self.string(resource)) is not None:
+    def devices(self, items: list[Any]) -> tuple[Device, ...]:
+        out: list[Device] = []
+        seen, counts, shapes = self.seen, self.counts, self.env_shapes
+        last_order, maybe_plain = self.last_order, self.maybe_plain
+        flow, typed_plain, valid_id = self.flow, TYPED_PLAIN, VALID_INSTANCE_ID.fullmatch
+        for data in items:
+            # resourceName and instanceID, and env if present: anything else is an unknown key.
+            if type(data) is not dict or len(data) != 2 + ("env" in data):
                 raise _Doubt
-            self.resources.add(resource)
-        instance = data.get("instanceID")
-        # The ID's characters hold no flow indicator and no space; `-` may start one.
-        if type(instance) is not str or not VALID_INSTANCE_ID.fullmatch(instance) or instance[0] == "-":
-            raise _Doubt
-        typed = TYPED_PLAIN.get(instance[0])
-        if typed is not None and typed.match(instance):
-            self.maybe_plain.add(instance)
-        env = data.get("env")
-        device = Device(resource, instance, self.env(env) if env is not None else ())
-        if self.index.add(device, None, None) is not None:
-            raise _Doubt
-        return device
-
-    def env(self, data: Any) -> tuple[tuple[str, str], ...]:
-        if type(data) is not dict:
-            raise _Doubt
-        shape = tuple(data)
-        order = self.env_shapes.get(shape)
-        if order is None:
-            for key in shape:
-                if env_key_problem(self.string(key)) is not None:
+            resource: Any = data.get("resourceName")
+            if type(resource) is not str or resource not in counts:
+                if extended_resource_name_problem(self.string(resource)) is not None:
                     raise _Doubt
-            order = self.env_shapes[shape] = tuple(sorted(shape))
-        # The text has no NUL and no escapes, so no value can hold one.
-        env = []
-        for key in order:
-            value = data[key]
-            env.append((key, str(value) if type(value) is int else self.string(value)))
-        return tuple(env)
+                counts[resource] = 0
+                self.resource_keys[resource] = set()
+            instance: Any = data.get("instanceID")
+            # The ID's characters hold no flow indicator and no space; `-` may start one.
+            if type(instance) is not str or not valid_id(instance) or instance[0] == "-":
+                raise _Doubt
+            typed = typed_plain.get(instance[0])
+            if typed is not None and instance.count(".") < 2 and typed.match(instance):
+                maybe_plain.add(instance)
+            env: Any = data.get("env")
+            pairs: tuple[tuple[str, str], ...] = ()
+            if env is not None:
+                if type(env) is not dict:
+                    raise _Doubt
+                shape = tuple(env)
+                order = shapes.get(shape)
+                if order is None:
+                    order = self.env_order(shape)
+                # The text has no NUL and no escapes, so no value can hold one.
+                values = []
+                for key in order:
+                    value = env[key]
+                    if type(value) is int:
+                        values.append((key, str(value)))
+                        continue
+                    if (
+                        type(value) is not str
+                        or value[:1] in _INDICATORS
+                        or (flow and (":" in value or "?" in value or "#" in value))
+                    ):
+                        raise _Doubt
+                    typed = typed_plain.get(value[:1])
+                    # No typed form holds two dots (test_fast_path checks ruamel.yaml's
+                    # expressions), and an IP address is the common value starting with a digit.
+                    if (
+                        typed is not None
+                        and value.count(".") < 2
+                        and typed.match(value)
+                        and "\n" not in value
+                        and value == value.strip()
+                    ):
+                        maybe_plain.add(value)
+                    values.append((key, value))
+                pairs = tuple(values)
+                if last_order.get(resource) is not order:
+                    last_order[resource] = order
+                    self.resource_keys[resource].update(order)
+            device = Device(resource, instance, pairs)
+            previous = seen.setdefault((resource, instance), device)
+            if previous is not device and previous != device:
+                raise _Doubt
+            out.append(device)
+        return tuple(out)
+
+    def env_order(self, shape: tuple[str, ...]) -> tuple[str, ...]:
+        """The sorted order of a set of env keys written in ``shape``'s order, each judged once."""
+        for key in shape:
+            if env_key_problem(self.string(key)) is not None:
+                raise _Doubt
+        order = self.env_shapes[shape] = tuple(sorted(shape))
+        return order

@@ -8,15 +8,17 @@ one error with its line and column. A configuration the fast path
 
 from __future__ import annotations
 
-from typing import NoReturn
-
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import Node
+from typing import TYPE_CHECKING, NoReturn
 
 from spookd.config.fast import load_fast
 from spookd.config.model import Config, ConfigError, ConfigInvalid
-from spookd.config.validate import validate
-from spookd.config.yamlnodes import compose
+
+if TYPE_CHECKING:
+    from ruamel.yaml.nodes import Node
+
+# ruamel.yaml (the reference, with the validator) is imported on the first
+# configuration the fast path steps aside for, not before: a daemon whose
+# configurations all take the fast path never loads it (docs/design.md, "Footprint").
 
 #: Files larger than this are refused before parsing (ConfigMaps hold at most 1 MiB).
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -28,11 +30,15 @@ def load_config(text: str | bytes, source: str) -> Config:
     config = load_fast(text)
     if config is not None:
         return config
+    from spookd.config.validate import validate
+
     return validate(compose_config(text, source), source)
 
 
 def load_reference(text: str | bytes, source: str) -> Config:
     """``load_config`` by ruamel.yaml and the validator alone, without the fast path."""
+    from spookd.config.validate import validate
+
     text = checked_text(text, source)
     return validate(compose_config(text, source), source)
 
@@ -74,6 +80,10 @@ def _decode(data: bytes, source: str) -> str:
 
 
 def _compose(text: str, source: str) -> Node | None:
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    from spookd.config.yamlnodes import compose
+
     try:
         return compose(text)
     except MarkedYAMLError as exc:
