@@ -13,10 +13,13 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from spookd import __version__
 from spookd.settings import DEFAULT_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET, Settings, Tuning
+
+if TYPE_CHECKING:
+    from spookd.config import Config
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -104,15 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check configuration files; exit 2 on errors")
     validate.add_argument("files", metavar="FILE", nargs="+", help="YAML files to check")
+    validate.add_argument(
+        "--dra", action="store_true", help="also check what DRA mode (`spookd publish`) needs"
+    )
 
     render = sub.add_parser("render", help="show what a node would advertise and inject")
     render.add_argument("file", metavar="FILE", help="YAML configuration")
+    render.add_argument("--node", default=_env("node"), metavar="NAME", help="node name to render for")
     render.add_argument(
-        "--node",
-        required=_env("node") is None,
-        default=_env("node"),
-        metavar="NAME",
-        help="node name to render for",
+        "--dra",
+        action="store_true",
+        help="print the ResourceSlices and DeviceClasses `spookd publish` would write (no --node)",
     )
     render.add_argument(
         "--allocate",
@@ -179,12 +184,15 @@ def _read_config_file(path: str) -> bytes:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print every error of every file; exit 2 if any."""
-    from spookd.config import ConfigInvalid, load_config
+    from spookd.config import ConfigInvalid, check_dra, load_config
 
     status = EXIT_OK
     for path in args.files:
         try:
-            config = load_config(_read_config_file(path), path)
+            data = _read_config_file(path)
+            config = load_config(data, path)
+            if args.dra:
+                check_dra(config, data, path)
         except UsageError as exc:
             print(f"{path}:1:1: {exc}", file=sys.stderr)
             status = EXIT_INVALID
@@ -216,14 +224,21 @@ def cmd_render(args: argparse.Namespace) -> int:
             f"argument --output (or SPOOKD_OUTPUT): invalid choice: {args.output!r} (choose from text, json)"
         )
     from spookd.allocation import container_env
-    from spookd.config import ConfigInvalid, load_config
+    from spookd.config import ConfigInvalid, check_dra, load_config
 
+    if not args.dra and not args.node:
+        raise UsageError("the following arguments are required: --node")
     try:
-        config = load_config(_read_config_file(args.file), args.file)
+        data = _read_config_file(args.file)
+        config = load_config(data, args.file)
+        if args.dra:
+            check_dra(config, data, args.file)
     except ConfigInvalid as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
         return EXIT_INVALID
+    if args.dra:
+        return _render_dra(config, args.output)
     desired = config.for_node(args.node)
     wanted = _parse_allocation(args.allocate) or {
         resource: [min(devices)] for resource, devices in desired.items()
@@ -261,6 +276,20 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"\na container given {allocation} gets:")
         for key, value in sorted(env.items()):
             print(f"  {key}={value}")
+    return EXIT_OK
+
+
+def _render_dra(config: Config, output: str) -> int:
+    from spookd.config.yamlnodes import dump_documents
+    from spookd.draslices import desired_pools, device_classes, pool_slices
+
+    objects = device_classes(config)
+    for pool in desired_pools(config).values():
+        objects.extend(pool_slices(pool, 1))
+    if output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
+    else:
+        print(dump_documents(objects), end="")
     return EXIT_OK
 
 

@@ -1,5 +1,6 @@
 """Configuration: model, YAML loading with positions, validation (pure, no I/O)."""
 
+from spookd.config.dralimits import check_dra
 from spookd.config.load import MAX_FILE_BYTES, load_config
 from spookd.config.model import (
     HEALTHY,
@@ -28,5 +29,6 @@ __all__ = [
     "HealthCheck",
     "Mount",
     "NodeDevices",
+    "check_dra",
     "load_config",
 ]
