@@ -1,4 +1,4 @@
-"""Command line (SPEC §6): ``spookd run | validate | render``.
+"""Command line (SPEC §6): ``spookd run | validate | render | publish``.
 
 Every flag also reads a ``SPOOKD_*`` environment variable. Usage errors exit 2 with
 one line on stderr, never a traceback.
@@ -110,6 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--dra", action="store_true", help="also check what DRA mode (`spookd publish`) needs"
     )
+
+    publish = sub.add_parser(
+        "publish",
+        help="DRA mode: keep the cluster's ResourceSlices and DeviceClasses equal to the configuration",
+    )
+    for flag, metavar, default, text in _RUN_OPTIONS[:3]:
+        publish.add_argument(f"--{flag}", metavar=metavar, default=_env(flag, default), help=text)
+    publish.add_argument(
+        "--lease-namespace",
+        metavar="NAMESPACE",
+        default=_env("lease-namespace", os.environ.get("POD_NAMESPACE")),
+        help="namespace of the leader Lease `spookd-publisher` (default: $POD_NAMESPACE; none: no election)",
+    )
+    publish.add_argument(
+        "--identity",
+        metavar="NAME",
+        default=_env("identity"),
+        help="this candidate's name in the Lease (default: $POD_NAME, else host name and process ID)",
+    )
+    _logging_flags(publish)
 
     render = sub.add_parser("render", help="show what a node would advertise and inject")
     render.add_argument("file", metavar="FILE", help="YAML configuration")
@@ -340,6 +360,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    """DRA mode's publisher, until SIGTERM/SIGINT."""
+    if bool(args.config) == bool(args.configmap):
+        raise UsageError("give exactly one of --config FILE or --configmap NAMESPACE/NAME")
+    if args.configmap and args.configmap.count("/") != 1:
+        raise UsageError(f"--configmap {args.configmap!r} must look like NAMESPACE/NAME")
+    from spookd.settings import PublishSettings
+
+    identity = args.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    settings = PublishSettings(
+        config=Path(args.config) if args.config else None,
+        configmap=args.configmap,
+        configmap_key=args.configmap_key,
+        lease_namespace=args.lease_namespace or None,
+        identity=identity,
+        tuning=tuning(),
+    )
+    from spookd.observe.logging import setup_logging
+    from spookd.runner import run_publisher
+
+    setup_logging(args.log_level, args.log_format)
+    run_publisher(settings)
+    return EXIT_OK
+
+
 def _parse_http_addr(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -354,7 +399,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         args = parser.parse_args(argv)
         if args.command is None:
             raise UsageError("missing command: run, validate or render (see `spookd --help`)")
-        handler = {"run": cmd_run, "validate": cmd_validate, "render": cmd_render}[args.command]
+        handler = {"run": cmd_run, "validate": cmd_validate, "render": cmd_render, "publish": cmd_publish}[
+            args.command
+        ]
         status = handler(args)
     except UsageError as exc:
         print(f"spookd: error: {exc}", file=sys.stderr)

@@ -18,7 +18,16 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spookd.draslices import DRIVER, FINGERPRINT, DeviceKey, Pool, device_key, pool_fingerprint, pool_slices
+from spookd.draslices import (
+    DRIVER,
+    FINGERPRINT,
+    TAINT_KEY,
+    DeviceKey,
+    Pool,
+    device_key,
+    pool_fingerprint,
+    pool_slices,
+)
 
 
 @dataclass(frozen=True)
@@ -135,3 +144,17 @@ def plan(
             continue
         result.add.append(WritePool(name, tuple(slices), tuple(sorted(state.slices - _names(slices)))))
     return result
+
+
+def published_taints(slices: Iterable[Mapping[str, Any]], driver: str = DRIVER) -> set[DeviceKey]:
+    """Devices published with Spookd's health taint."""
+    tainted = set()
+    for obj in slices:
+        spec = obj.get("spec") or {}
+        if spec.get("driver") != driver:
+            continue
+        for device in spec.get("devices") or []:
+            key = device_key(device, driver)
+            if key is not None and any(t.get("key") == TAINT_KEY for t in device.get("taints") or []):
+                tainted.add(key)
+    return tainted
