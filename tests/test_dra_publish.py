@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from support.apiserver import ApiClient, ApiServer
 
 pytestmark = [pytest.mark.apiserver]
