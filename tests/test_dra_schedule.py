@@ -10,6 +10,7 @@ wrote: pod bindings, ResourceClaim allocations, the PodScheduled condition.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -235,6 +236,8 @@ def test_a_device_shared_by_two_hosts_is_allocated_once_among_100_racing_pods(
         holders.append(bound[0]["metadata"]["name"])
         force_delete(cluster, namespace, bound[0]["metadata"]["name"])
     assert len(set(holders)) == 3
+    # The waiting pods would keep the scheduler busy in the next tests.
+    cluster.request("DELETE", f"/api/v1/namespaces/{namespace}/pods", body={"gracePeriodSeconds": 0})
 
 
 def test_a_claim_template_with_cel_on_an_env_attribute_gets_exactly_that_device(
@@ -283,7 +286,14 @@ def test_a_claim_template_with_cel_on_an_env_attribute_gets_exactly_that_device(
         what="the DeviceClass",
     )
     assert cluster.create(pod("user", namespace, claim="high-band")).status == 201
-    wait_until(lambda: any(p["spec"].get("nodeName") for p in pods(cluster, namespace)), 60, "the pod bound")
+    try:
+        wait_until(
+            lambda: any(p["spec"].get("nodeName") for p in pods(cluster, namespace)), 60, "the pod bound"
+        )
+    except AssertionError:
+        raise AssertionError(
+            json.dumps([pods(cluster, namespace), claims(cluster, namespace)])[:3000]
+        ) from None
     (bound,) = pods(cluster, namespace)
     assert bound["spec"]["nodeName"] == "h3"
     assert allocated_devices(cluster, namespace) == ["h3/widget-b"]
