@@ -145,7 +145,7 @@ def claims(api: ApiClient, namespace: str) -> list[dict[str, Any]]:
 
 
 def allocated_devices(api: ApiClient, namespace: str) -> list[str]:
-    out = []
+    out: list[str] = []
     for claim in claims(api, namespace):
         allocation = (claim.get("status") or {}).get("allocation")
         if allocation:
