@@ -1,4 +1,4 @@
-"""Command line (SPEC §6): ``spookd run | validate | render``.
+"""Command line (SPEC §6): ``spookd run | validate | render | publish``.
 
 Every flag also reads a ``SPOOKD_*`` environment variable. Usage errors exit 2 with
 one line on stderr, never a traceback.
@@ -15,12 +15,15 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import msgspec
 
 from spookd import __version__
 from spookd.settings import DEFAULT_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET, Settings, Tuning
+
+if TYPE_CHECKING:
+    from spookd.config import Config
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -121,15 +124,37 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--output", choices=("text", "json"), default="text", help="json: one object on stdout"
     )
+    validate.add_argument(
+        "--dra", action="store_true", help="also check what DRA mode (`spookd publish`) needs"
+    )
+
+    publish = sub.add_parser(
+        "publish",
+        help="DRA mode: keep the cluster's ResourceSlices and DeviceClasses equal to the configuration",
+    )
+    for flag, metavar, default, text in _RUN_OPTIONS[:3]:
+        publish.add_argument(f"--{flag}", metavar=metavar, default=_env(flag, default), help=text)
+    publish.add_argument(
+        "--lease-namespace",
+        metavar="NAMESPACE",
+        default=_env("lease-namespace", os.environ.get("POD_NAMESPACE")),
+        help="namespace of the leader Lease `spookd-publisher` (default: $POD_NAMESPACE; none: no election)",
+    )
+    publish.add_argument(
+        "--identity",
+        metavar="NAME",
+        default=_env("identity"),
+        help="this candidate's name in the Lease (default: $POD_NAME, else host name and process ID)",
+    )
+    _logging_flags(publish)
 
     render = sub.add_parser("render", help="show what a node would advertise and inject")
     render.add_argument("file", metavar="FILE", help="YAML configuration")
+    render.add_argument("--node", default=_env("node"), metavar="NAME", help="node name to render for")
     render.add_argument(
-        "--node",
-        required=_env("node") is None,
-        default=_env("node"),
-        metavar="NAME",
-        help="node name to render for",
+        "--dra",
+        action="store_true",
+        help="print the ResourceSlices and DeviceClasses `spookd publish` would write (no --node)",
     )
     render.add_argument(
         "--node-labels",
@@ -291,12 +316,16 @@ def _read_configmap(namespace: str, name: str, args: argparse.Namespace) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check every source; print its errors (text on stderr, or one JSON object); exit 2 if any."""
     from spookd.config import ConfigError, ConfigInvalid, load_config
+    from spookd.config.dralimits import check_dra
 
     results: list[dict[str, object]] = []
     errors: list[ConfigError] = []
     for source, read in _validate_sources(args):
         try:
-            config = load_config(read(), source)
+            data = read()
+            config = load_config(data, source)
+            if args.dra:
+                check_dra(config, data, source)
         except UsageError as exc:
             found = [ConfigError(source, 1, 1, "", str(exc))]
         except ConfigInvalid as exc:
@@ -337,13 +366,21 @@ def cmd_render(args: argparse.Namespace) -> int:
         )
     from spookd.allocation import container_env
     from spookd.config import ConfigInvalid, load_config
+    from spookd.config.dralimits import check_dra
 
+    if not args.dra and not args.node:
+        raise UsageError("the following arguments are required: --node")
     try:
-        config = load_config(_read_config_file(args.file), args.file)
+        data = _read_config_file(args.file)
+        config = load_config(data, args.file)
+        if args.dra:
+            check_dra(config, data, args.file)
     except ConfigInvalid as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
         return EXIT_INVALID
+    if args.dra:
+        return _render_dra(config, args.output)
     from spookd.config.labels import parse_labels
 
     try:
@@ -390,6 +427,20 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"\na container given {allocation} gets:")
         for key, value in sorted(env.items()):
             print(f"  {key}={value}")
+    return EXIT_OK
+
+
+def _render_dra(config: Config, output: str) -> int:
+    from spookd.config.yamlnodes import dump_documents
+    from spookd.draslices import desired_pools, device_classes, pool_slices
+
+    objects = device_classes(config)
+    for pool in desired_pools(config).values():
+        objects.extend(pool_slices(pool, 1))
+    if output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
+    else:
+        print(dump_documents(objects), end="")
     return EXIT_OK
 
 
@@ -440,6 +491,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    """DRA mode's publisher, until SIGTERM/SIGINT."""
+    if bool(args.config) == bool(args.configmap):
+        raise UsageError("give exactly one of --config FILE or --configmap NAMESPACE/NAME")
+    if args.configmap and args.configmap.count("/") != 1:
+        raise UsageError(f"--configmap {args.configmap!r} must look like NAMESPACE/NAME")
+    from spookd.settings import PublishSettings
+
+    identity = args.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    settings = PublishSettings(
+        config=Path(args.config) if args.config else None,
+        configmap=args.configmap,
+        configmap_key=args.configmap_key,
+        lease_namespace=args.lease_namespace or None,
+        identity=identity,
+        tuning=tuning(),
+    )
+    from spookd.observe.logging import setup_logging
+    from spookd.runner import run_publisher
+
+    setup_logging(args.log_level, args.log_format)
+    run_publisher(settings)
+    return EXIT_OK
+
+
 def _parse_http_addr(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -453,10 +529,16 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("missing command: run, validate, render or status (see `spookd --help`)")
-        handler = {"run": cmd_run, "validate": cmd_validate, "render": cmd_render, "status": cmd_status}[
-            args.command
-        ]
+            raise UsageError(
+                "missing command: run, validate, render, status or publish (see `spookd --help`)"
+            )
+        handler = {
+            "run": cmd_run,
+            "validate": cmd_validate,
+            "render": cmd_render,
+            "status": cmd_status,
+            "publish": cmd_publish,
+        }[args.command]
         status = handler(args)
     except UsageError as exc:
         print(f"spookd: error: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from loguru import logger
 from spookd.app import Cleaner, ReportingSink, run
 from spookd.claims import BlockedDevices, SharedClaims
 from spookd.config.versions import ObjectRef, SourceEvent
-from spookd.settings import Settings
+from spookd.settings import PublishSettings, Settings
 
 #: How long to wait before trying again to reach the API for the node's labels.
 _LABELS_RETRY = 30.0
@@ -110,6 +110,57 @@ def run_daemon(settings: Settings) -> None:
     gc.freeze()
     try:
         anyio.run(_main, settings, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+    except ConnectionError as exc:
+        logger.error("{error}", error=str(exc))
+        raise SystemExit(1) from None
+
+
+async def _publish_main(settings: PublishSettings) -> None:
+    from spookd.kube.client import connect
+    from spookd.kube.draapi import DraApi
+    from spookd.publisher import publish, stop_on_signal
+
+    api = await connect()
+    writer = DraApi(api, settings.driver)
+
+    def make_source() -> AsyncIterator[SourceEvent]:
+        if settings.config is not None:
+            from spookd.sources.file import watch_file
+
+            return watch_file(settings.config)
+        from spookd.sources.configmap import watch_configmap
+
+        assert settings.configmap is not None
+        namespace, name = settings.configmap.split("/")
+        return watch_configmap(namespace, name, settings.configmap_key, api, settings.tuning.watch_timeout)
+
+    async def leading() -> None:
+        await publish(make_source, writer, resync=settings.resync)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signal, tg.cancel_scope)
+        if settings.lease_namespace is None:
+            logger.warning("no --lease-namespace: publishing without leader election; run one publisher only")
+            await leading()
+        else:
+            from spookd.kube.election import LeaderElection
+
+            election = LeaderElection(
+                api,
+                settings.lease_namespace,
+                settings.lease_name,
+                settings.identity,
+                settings.tuning.lease_duration,
+            )
+            await election.run(leading)
+
+
+def run_publisher(settings: PublishSettings) -> None:
+    """``spookd publish`` until SIGTERM/SIGINT."""
+    use_uvloop = importlib.util.find_spec("uvloop") is not None
+    gc.freeze()
+    try:
+        anyio.run(_publish_main, settings, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
     except ConnectionError as exc:
         logger.error("{error}", error=str(exc))
         raise SystemExit(1) from None

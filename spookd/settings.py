@@ -51,3 +51,19 @@ class Settings(msgspec.Struct, frozen=True):
         if self.lease_namespace:
             return self.lease_namespace
         return self.configmap.split("/")[0] if self.configmap else "default"
+
+
+class PublishSettings(msgspec.Struct, frozen=True):
+    """What ``spookd publish`` (DRA mode's publisher) was asked to do."""
+
+    config: Path | None = None
+    configmap: str | None = None
+    configmap_key: str = "config.yaml"
+    #: Namespace of the leader Lease; None: no election (one publisher only, for tests and labs).
+    lease_namespace: str | None = None
+    lease_name: str = "spookd-publisher"
+    identity: str = "spookd-publisher"
+    driver: str = "spookd.skao.int"
+    #: Seconds between full listings that repair what someone else changed.
+    resync: float = 60.0
+    tuning: Tuning = Tuning()

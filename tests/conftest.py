@@ -36,9 +36,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         programs += ["nodeharness", "goplugin", "podresources-list"]
     if "apiserver" in markers:
         programs.append("apiserver")
+    names = {item.path.name for item in session.items}
+    if "test_dra_schedule.py" in names:
+        programs.append("e2enode")
     for program in programs:
         gobuild.build(program)
-    names = {item.path.name for item in session.items}
     if names & {"test_deploy.py", "test_monitoring.py", "test_schema.py", "test_migration.py"}:
         helm_binary()
     if "test_monitoring.py" in names:

@@ -136,3 +136,19 @@ def describe(node: Node) -> str:
     if isinstance(node, SequenceNode):
         return "a list"
     return _TYPE_NAMES.get(tag(node), f"a value tagged {tag(node)}")
+
+
+def dump_documents(objects: list[dict[str, Any]]) -> str:
+    """Objects as YAML documents, each after a ``---`` line (for ``kubectl apply -f -``)."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.explicit_start = True
+    yaml.width = 4096
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
+    out = io.StringIO()
+    yaml.dump_all(objects, out)
+    return out.getvalue()
