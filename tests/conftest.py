@@ -36,6 +36,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         programs += ["nodeharness", "goplugin", "podresources-list"]
     if "apiserver" in markers:
         programs.append("apiserver")
+    if "draharness" in markers:
+        programs.append("draharness")
     for program in programs:
         gobuild.build(program)
     names = {item.path.name for item in session.items}
