@@ -10,9 +10,11 @@
 // What the kubelet does and what this harness does instead:
 //   - The kubelet creates the DRA manager with its state directory
 //     (/var/lib/kubelet) and starts it with its pod manager's active pods, a
-//     node getter and the config sources; the harness gives it -state-dir, an
-//     empty active-pod list (nothing reconciles away), the Node read from the API
-//     and sources that are always ready.
+//     node getter and the config sources; the harness gives it -state-dir, the
+//     pods the API server has bound to -node that have not ended (what a kubelet's
+//     pod manager holds from its API source), the Node read from the API and
+//     sources that are always ready. So the manager's reconcile loop unprepares the
+//     claims of pods that are deleted, as a kubelet's does.
 //   - The kubelet's plugin manager watches <root-dir>/plugins_registry; the harness
 //     watches <-kubelet-dir>/plugins_registry with the same code.
 //   - Before starting a pod's containers the kubelet calls PrepareResources(pod),
@@ -87,7 +89,22 @@ func (n *node) start(ctx context.Context) error {
 	getNode := func(ctx context.Context) (*v1.Node, error) {
 		return n.client.CoreV1().Nodes().Get(ctx, n.nodeName, metav1.GetOptions{})
 	}
-	active := func() []*v1.Pod { return nil }
+	// The kubelet's pod manager holds the pods bound to the node (from the API
+	// source); the DRA manager's reconcile loop unprepares claims of any other pod.
+	active := func() []*v1.Pod {
+		list, err := n.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.nodeName})
+		if err != nil {
+			klog.FromContext(ctx).Error(err, "listing the node's pods")
+			return nil
+		}
+		pods := make([]*v1.Pod, 0, len(list.Items))
+		for i := range list.Items {
+			if phase := list.Items[i].Status.Phase; phase != v1.PodSucceeded && phase != v1.PodFailed {
+				pods = append(pods, &list.Items[i])
+			}
+		}
+		return pods
+	}
 	ready := config.NewSourcesReady(func(_ sets.Set[string]) bool { return true })
 	if err := manager.Start(ctx, active, getNode, ready); err != nil {
 		cancel()
