@@ -30,7 +30,7 @@ INSTANCE_ID_ATTRIBUTE = "instanceID"
 CDI_CLASS = "claim"
 CDI_VERSION = "0.6.0"
 #: Messages to the kubelet are cut to this many characters.
-_MAX_TEXT = 200
+_MAX_TEXT = 1000
 
 
 class PrepareError(ValueError):

@@ -75,14 +75,15 @@ def eventually(predicate: Callable[[], bool], timeout: float = 20.0, what: str =
 
 
 def _device(name: str, resource: str, instance: str) -> dict[str, Any]:
-    return {"name": name, "attributes": {"resource": {"string": resource}, "instanceID": {"string": instance}}}
+    return {
+        "name": name,
+        "attributes": {"resource": {"string": resource}, "instanceID": {"string": instance}},
+    }
 
 
 def _node_selector() -> dict[str, Any]:
     return {
-        "nodeSelectorTerms": [
-            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [NODE]}]}
-        ]
+        "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [NODE]}]}]
     }
 
 
@@ -137,7 +138,9 @@ class Node:
         assert created.status == 201, created.text
         return created.json
 
-    def pod(self, claims: Mapping[str, dict[str, Any]], containers: Mapping[str, list[dict[str, str]]]) -> str:
+    def pod(
+        self, claims: Mapping[str, dict[str, Any]], containers: Mapping[str, list[dict[str, str]]]
+    ) -> str:
         """A pod bound to NODE using ``claims`` ({pod claim name: claim}); each claim is allocated
         and reserved for it."""
         name = f"pod-{next(_names)}"
@@ -213,7 +216,13 @@ def node(apiserver: ApiServer, tmp_path: Path) -> Iterator[Node]:
     api = apiserver.client()
     namespace = f"dra-{next(_names)}-{int(time.time() * 1000) % 100000}"
     api.ensure({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    api.ensure({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": namespace}})
+    api.ensure(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "default", "namespace": namespace},
+        }
+    )
     api.ensure({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
     slice_body = {
         "apiVersion": "resource.k8s.io/v1",
@@ -236,7 +245,9 @@ def node(apiserver: ApiServer, tmp_path: Path) -> Iterator[Node]:
     short = Path(tempfile.mkdtemp(prefix="dra", dir="/tmp"))
     spookd = SpookdProcess(short / "unused", tmp_path, node_name=NODE)
     spookd.write(CONFIG)
-    state = Node(api, apiserver, namespace, short / "kubelet", short / "cdi", tmp_path / "dra-state", spookd, tmp_path)
+    state = Node(
+        api, apiserver, namespace, short / "kubelet", short / "cdi", tmp_path / "dra-state", spookd, tmp_path
+    )
     try:
         yield state
     finally:
@@ -271,7 +282,9 @@ def test_each_request_is_numbered_on_its_own_with_device_nodes_and_mounts(node: 
     node.start_spookd()
     node.start_kubelet()
     claim = node.claim({"c0": ["widget-0002"], "c1": ["widget-0001"]})
-    pod = node.pod({"w": claim}, {"a": [{"name": "w", "request": "c0"}], "b": [{"name": "w", "request": "c1"}]})
+    pod = node.pod(
+        {"w": claim}, {"a": [{"name": "w", "request": "c0"}], "b": [{"name": "w", "request": "c1"}]}
+    )
     uid = node.allocate(claim, pod, [("c0", "widget-0002"), ("c1", "widget-0001")])["metadata"]["uid"]
 
     answer = node.prepare(pod)
@@ -416,9 +429,13 @@ def test_spookd_run_dra_checks_its_flags(tmp_path: Path) -> None:
     config.write_text(CONFIG)
     base = [sys.executable, "-m", "spookd", "run", "--dra", "--config", str(config)]
     env = {**os.environ, "KUBECONFIG": str(tmp_path / "none")}
-    bad_driver = subprocess.run([*base, "--dra-driver", "Spookd"], capture_output=True, text=True, env=env)
+    bad_driver = subprocess.run(
+        [*base, "--dra-driver", "Spookd"], check=False, capture_output=True, text=True, env=env
+    )
     assert bad_driver.returncode == 2
     assert "--dra-driver 'Spookd' must be a DNS subdomain" in bad_driver.stderr
-    long_dir = subprocess.run([*base, "--kubelet-dir", "/" + "k" * 90], capture_output=True, text=True, env=env)
+    long_dir = subprocess.run(
+        [*base, "--kubelet-dir", "/" + "k" * 90], check=False, capture_output=True, text=True, env=env
+    )
     assert long_dir.returncode == 2
     assert "is longer than 107 bytes; use a shorter --kubelet-dir" in long_dir.stderr

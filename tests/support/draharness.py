@@ -67,7 +67,9 @@ class DraHarness:
         """Until the DRA manager has a plugin for the driver; AssertionError after ``timeout``."""
         deadline = time.monotonic() + timeout
         while not self.request("registered").get("registered"):
-            assert time.monotonic() < deadline, f"not registered within {timeout}s:\n{self.log_text()[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"not registered within {timeout}s:\n{self.log_text()[-3000:]}"
+            )
             time.sleep(0.1)
 
     def log_text(self) -> str:
