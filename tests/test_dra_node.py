@@ -355,7 +355,7 @@ def test_prepared_claims_survive_restarts_and_unprepare_removes_them(node: Node)
     assert checkpoint["claims"] == {}
 
 
-def test_a_deleted_cdi_spec_is_written_again_on_restart(node: Node) -> None:
+def test_a_deleted_cdi_spec_is_written_again_on_restart_and_the_kubelet_keeps_going(node: Node) -> None:
     """/var/run is emptied by a reboot; the checkpoint in the kubelet directory is not."""
     node.start_spookd()
     node.start_kubelet()
@@ -368,6 +368,15 @@ def test_a_deleted_cdi_spec_is_written_again_on_restart(node: Node) -> None:
     shutil.rmtree(node.cdi_dir)
     node.start_spookd()
     eventually(lambda: node.cdi_dir.is_dir() and node.specs() == before, what="the spec written again")
+    # The same kubelet keeps using the restarted Spookd (its plugin watcher re-registers it).
+    claim = node.claim({"widget": ["widget-0002"]})
+    pod = node.pod({"w": claim}, {"app": [{"name": "w"}]})
+    node.allocate(claim, pod, [("widget", "widget-0002")])
+    assert node.harness is not None
+    node.harness.wait_registered()
+    answer = node.prepare(pod)
+    assert answer.get("error") is None, answer
+    assert node.env_of(answer["containers"]["app"])["EXAMPLECOM_WIDGET_ID"] == "0002"
 
 
 def test_unknown_devices_are_refused_naming_the_device(node: Node) -> None:
