@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from loguru import logger
@@ -27,6 +27,9 @@ from spookd.deviceplugin.servers import ResourceLifecycle, Servers, Submission
 from spookd.deviceplugin.watch import watch_plugin_dir
 from spookd.naming import seat_of
 from spookd.observe import metrics
+
+if TYPE_CHECKING:
+    from spookd.dra.plugin import DraPlugin
 
 
 class Component(Protocol):
@@ -216,6 +219,60 @@ async def _consume(
             logger.warning("configuration deleted: withdrawing every resource", source=event.source)
             state.config_loaded = False
             desire.deleted(event)
+
+
+async def run_dra(
+    source: AsyncIterator[SourceEvent],
+    node_name: str,
+    plugin: DraPlugin,
+    *,
+    events: ReportingSink | None = None,
+    http_addr: tuple[str, int] | None = None,
+) -> None:
+    """DRA mode on the node (SPEC §11): serve the kubelet's DRA calls from ``source`` until SIGTERM/SIGINT."""
+    if http_addr is not None:
+        metrics.enable()
+    logger.info("starting in DRA mode", node=node_name, driver=plugin.driver, endpoint=str(plugin.endpoint))
+    loaded = False
+
+    def ready() -> tuple[bool, str]:
+        if not loaded:
+            return False, "no valid configuration loaded yet"
+        if not plugin.registration.registered:
+            return False, "not registered with the kubelet yet"
+        return True, "ok"
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signal, tg.cancel_scope)
+        if events is not None:
+            await tg.start(events.run)
+        await tg.start(plugin.run)
+        if http_addr is not None:
+            from spookd.observe.http import serve_http
+
+            tg.start_soon(serve_http, *http_addr, ready)
+        async for event in source:
+            if isinstance(event, Accepted):
+                # Claims prepared before keep what they got; new claims see this version.
+                plugin.preparer.node_devices = event.config.for_node(node_name)
+                loaded = True
+                metrics.CONFIG_RELOADS.labels("accepted").inc()
+                logger.info("config accepted", source=event.source)
+            elif isinstance(event, Rejected):
+                metrics.CONFIG_RELOADS.labels("rejected").inc()
+                logger.error(
+                    "config rejected, keeping the last good configuration: {count} error(s)\n{errors}",
+                    count=len(event.errors),
+                    errors="\n".join(str(e) for e in event.errors),
+                    source=event.source,
+                )
+                if events is not None:
+                    events.rejected(event)
+            elif isinstance(event, Deleted):
+                metrics.CONFIG_RELOADS.labels("deleted").inc()
+                logger.warning("configuration deleted: new claims find no device", source=event.source)
+                plugin.preparer.node_devices = {}
+        await anyio.sleep_forever()
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:

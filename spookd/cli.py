@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -20,7 +21,15 @@ from typing import TYPE_CHECKING, NoReturn
 import msgspec
 
 from spookd import __version__
-from spookd.settings import DEFAULT_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET, Settings, Tuning
+from spookd.settings import (
+    DEFAULT_CDI_DIR,
+    DEFAULT_DRA_DRIVER,
+    DEFAULT_KUBELET_DIR,
+    DEFAULT_PLUGIN_DIR,
+    DEFAULT_POD_RESOURCES_SOCKET,
+    Settings,
+    Tuning,
+)
 
 if TYPE_CHECKING:
     from spookd.config import Config
@@ -83,6 +92,24 @@ _RUN_OPTIONS: tuple[tuple[str, str, str | None, str], ...] = (
         ":8080",
         "address of /healthz, /readyz and /metrics (default: :8080; empty to disable)",
     ),
+    (
+        "dra-driver",
+        "NAME",
+        DEFAULT_DRA_DRIVER,
+        f"DRA driver name, with --dra (default: {DEFAULT_DRA_DRIVER})",
+    ),
+    (
+        "kubelet-dir",
+        "DIR",
+        DEFAULT_KUBELET_DIR,
+        f"the kubelet's root, with --dra (default: {DEFAULT_KUBELET_DIR})",
+    ),
+    (
+        "cdi-dir",
+        "DIR",
+        DEFAULT_CDI_DIR,
+        f"where CDI specs are written, with --dra (default: {DEFAULT_CDI_DIR})",
+    ),
 )
 
 
@@ -106,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=(_env("cleanup-stale-resources", "") or "").lower() in ("1", "true", "yes"),
         help="remove resources this node stopped serving from the Node status once they reach 0 "
         "(needs get and patch on nodes/status)",
+    )
+    run.add_argument(
+        "--dra",
+        action="store_true",
+        default=(_env("dra", "") or "").lower() in ("1", "true", "yes"),
+        help="DRA mode: serve the kubelet's DRA plugin API v1 and write CDI specs instead of device plugins",
     )
     _logging_flags(run)
 
@@ -470,6 +503,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SocketPathError as exc:
         raise UsageError(str(exc)) from exc
     http_addr = _parse_http_addr(args.http_addr) if args.http_addr else None
+    if args.dra:
+        _check_dra_paths(args.kubelet_dir, args.dra_driver)
 
     settings = Settings(
         node_name=node_name(args.node_name),
@@ -482,6 +517,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         lease_namespace=args.lease_namespace,
         pod_resources_socket=args.pod_resources_socket,
         tuning=tuning(),
+        dra=args.dra,
+        dra_driver=args.dra_driver,
+        kubelet_dir=Path(args.kubelet_dir),
+        cdi_dir=Path(args.cdi_dir),
     )
     from spookd.observe.logging import setup_logging
     from spookd.runner import run_daemon
@@ -514,6 +553,24 @@ def cmd_publish(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_format)
     run_publisher(settings)
     return EXIT_OK
+
+
+def _check_dra_paths(kubelet_dir: str, driver: str) -> None:
+    from spookd.cdi import endpoint_socket, registration_socket
+    from spookd.naming import MAX_SOCKET_PATH_BYTES
+
+    if len(driver) > 63 or not re.fullmatch(
+        r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+", driver
+    ):
+        raise UsageError(
+            f"--dra-driver {driver!r} must be a DNS subdomain of at most 63 characters, like spookd.skao.int"
+        )
+    for path in (endpoint_socket(kubelet_dir, driver), registration_socket(kubelet_dir, driver)):
+        if len(path.encode()) > MAX_SOCKET_PATH_BYTES:
+            raise UsageError(
+                f"socket path {path} is longer than {MAX_SOCKET_PATH_BYTES} bytes; "
+                "use a shorter --kubelet-dir"
+            )
 
 
 def _parse_http_addr(value: str) -> tuple[str, int]:

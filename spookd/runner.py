@@ -43,6 +43,9 @@ def _label_feed(settings: Settings, api: list[Any]) -> AsyncIterator[Mapping[str
 
 
 async def _main(settings: Settings) -> None:
+    if settings.dra:
+        await _main_dra(settings)
+        return
     source: AsyncIterator[SourceEvent]
     #: The API client, once connected (by the claims, the ConfigMap source or the label feed).
     shared_api: list[Any] = []
@@ -99,6 +102,35 @@ async def _main(settings: Settings) -> None:
         report_failing_after=settings.tuning.registration_event_after,
         node_labels=lambda: _label_feed(settings, shared_api),
     )
+
+
+async def _main_dra(settings: Settings) -> None:
+    from spookd.app import run_dra
+    from spookd.dra.plugin import DraPlugin
+    from spookd.dra.preparer import Preparer
+    from spookd.kube.client import connect
+    from spookd.kube.draclaims import ClaimReader
+
+    api = await connect()
+    source: AsyncIterator[SourceEvent]
+    events: ReportingSink | None = None
+    if settings.configmap is not None:
+        from spookd.kube.events import KubeEvents
+        from spookd.sources.configmap import watch_configmap
+
+        namespace, name = settings.configmap.split("/")
+        source = watch_configmap(namespace, name, settings.configmap_key, api, settings.tuning.watch_timeout)
+        events = KubeEvents(api, settings.node_name, ObjectRef(namespace, name))
+    else:
+        from spookd.sources.file import watch_file
+
+        assert settings.config is not None
+        source = watch_file(settings.config)
+    driver = settings.dra_driver
+    state_dir = settings.kubelet_dir / "plugins" / driver
+    preparer = Preparer(driver, settings.node_name, settings.cdi_dir, state_dir, ClaimReader(api))
+    plugin = DraPlugin(driver, settings.kubelet_dir, preparer)
+    await run_dra(source, settings.node_name, plugin, events=events, http_addr=settings.http_addr)
 
 
 def run_daemon(settings: Settings) -> None:

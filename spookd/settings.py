@@ -8,6 +8,9 @@ import msgspec
 
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 DEFAULT_POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+DEFAULT_DRA_DRIVER = "spookd.skao.int"
+DEFAULT_KUBELET_DIR = "/var/lib/kubelet"
+DEFAULT_CDI_DIR = "/var/run/cdi"
 
 
 class Tuning(msgspec.Struct, frozen=True):
@@ -39,11 +42,21 @@ class Settings(msgspec.Struct, frozen=True):
     lease_namespace: str | None = None
     pod_resources_socket: str = DEFAULT_POD_RESOURCES_SOCKET
     tuning: Tuning = Tuning()
+    #: DRA mode on the node (SPEC §11): a kubelet DRA plugin instead of device plugins
+    dra: bool = False
+    dra_driver: str = DEFAULT_DRA_DRIVER
+    kubelet_dir: Path = Path(DEFAULT_KUBELET_DIR)
+    cdi_dir: Path = Path(DEFAULT_CDI_DIR)
 
     @property
     def uses_api(self) -> bool:
         """Some part of this run speaks to the Kubernetes API."""
-        return self.configmap is not None or self.cleanup_stale_resources or bool(self.lease_namespace)
+        return (
+            self.configmap is not None
+            or self.cleanup_stale_resources
+            or bool(self.lease_namespace)
+            or self.dra
+        )
 
     @property
     def claims_namespace(self) -> str:

@@ -39,6 +39,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     names = {item.path.name for item in session.items}
     if "test_dra_schedule.py" in names:
         programs.append("e2enode")
+    if "draharness" in markers:
+        programs.append("draharness")
     for program in programs:
         gobuild.build(program)
     if names & {"test_deploy.py", "test_monitoring.py", "test_schema.py", "test_migration.py"}:
