@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spookd.config import Config, Device
+from spookd.config.labels import LabelSelector
 
 DRIVER = "spookd.skao.int"
 ENV_DOMAIN = "env.spookd.skao.int"
@@ -52,6 +53,8 @@ class Pool:
     name: str
     hosts: tuple[str, ...]
     devices: tuple[tuple[str, Device], ...]
+    #: Set for the pool of a ``nodeSelector`` mapping (then ``hosts`` is empty).
+    selector: LabelSelector | None = None
 
     def keys(self) -> frozenset[DeviceKey]:
         """(resource, instance ID) of every device in the pool."""
@@ -60,7 +63,7 @@ class Pool:
     def only(self, keys: Collection[DeviceKey]) -> Pool:
         """This pool with only the devices in ``keys``."""
         kept = tuple((name, d) for name, d in self.devices if (d.resource_name, d.instance_id) in keys)
-        return Pool(self.name, self.hosts, kept)
+        return Pool(self.name, self.hosts, kept, self.selector)
 
 
 def _digest(text: str, size: int = 8) -> str:
@@ -82,6 +85,24 @@ def pool_name(hosts: Iterable[str]) -> str:
     if len(names) == 1:
         return names[0]
     return "shared-" + _digest(",".join(names), 12)
+
+
+def selector_pool_name(selector: LabelSelector) -> str:
+    """The pool of a label selector: ``selector-<digest>`` of its canonical form."""
+    return "selector-" + _digest(json.dumps(selector_term(selector), sort_keys=True), 12)
+
+
+def selector_term(selector: LabelSelector) -> dict[str, Any]:
+    """A label selector as one node-selector term (the operators mean the same on Nodes)."""
+    expressions: list[dict[str, Any]] = [
+        {"key": key, "operator": "In", "values": [value]} for key, value in selector.match_labels
+    ]
+    for requirement in selector.match_expressions:
+        expression: dict[str, Any] = {"key": requirement.key, "operator": requirement.operator}
+        if requirement.operator in ("In", "NotIn"):
+            expression["values"] = sorted(requirement.values)
+        expressions.append(expression)
+    return {"matchExpressions": expressions}
 
 
 def _device_name(device: Device, *, hashed: bool) -> str:
@@ -109,21 +130,31 @@ def _unique_names(devices: list[Device]) -> list[tuple[str, Device]]:
 
 
 def desired_pools(config: Config) -> dict[str, Pool]:
-    """Every pool the configuration describes, by name."""
+    """Every pool the configuration describes, by name.
+
+    A device of ``hosts`` mappings is in the pool of the union of their hosts; a device
+    of a ``nodeSelector`` mapping in the pool of that selector (``spookd validate
+    --dra`` refuses a device that would need both, or two selectors: one selector term).
+    """
     hosts: dict[DeviceKey, set[str]] = {}
+    selectors: dict[DeviceKey, LabelSelector] = {}
     devices: dict[DeviceKey, Device] = {}
     for mapping in config.mappings:
         for device in mapping.devices:
             key = (device.resource_name, device.instance_id)
             hosts.setdefault(key, set()).update(mapping.hosts)
+            if mapping.node_selector is not None:
+                selectors.setdefault(key, mapping.node_selector)
             devices[key] = device
-    grouped: dict[tuple[str, ...], list[Device]] = {}
+    grouped: dict[tuple[tuple[str, ...], LabelSelector | None], list[Device]] = {}
     for key, names in hosts.items():
-        grouped.setdefault(tuple(sorted(names)), []).append(devices[key])
+        selector = selectors.get(key)
+        group = ((), selector) if selector is not None else (tuple(sorted(names)), None)
+        grouped.setdefault(group, []).append(devices[key])
     pools = {}
-    for members_hosts, members in grouped.items():
-        name = pool_name(members_hosts)
-        pools[name] = Pool(name, members_hosts, tuple(_unique_names(sorted(members))))
+    for (members_hosts, selector), members in grouped.items():
+        name = selector_pool_name(selector) if selector is not None else pool_name(members_hosts)
+        pools[name] = Pool(name, members_hosts, tuple(_unique_names(sorted(members))), selector)
     return dict(sorted(pools.items()))
 
 
@@ -145,8 +176,10 @@ def slice_name(pool: str, index: int) -> str:
     return _fit(f"spookd-{pool}-{index}", f"{pool}\x00{index}", MAX_DNS_SUBDOMAIN, hashed=False)
 
 
-def node_selection(hosts: tuple[str, ...]) -> dict[str, Any]:
+def node_selection(hosts: tuple[str, ...], selector: LabelSelector | None = None) -> dict[str, Any]:
     """The spec fields that select a pool's nodes."""
+    if selector is not None:
+        return {"nodeSelector": {"nodeSelectorTerms": [selector_term(selector)]}}
     if len(hosts) == 1:
         return {"nodeName": hosts[0]}
     term = {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": list(hosts)}]}
@@ -167,7 +200,7 @@ def pool_slices(
         spec: dict[str, Any] = {
             "driver": driver,
             "pool": {"name": pool.name, "generation": generation, "resourceSliceCount": len(chunks)},
-            **node_selection(pool.hosts),
+            **node_selection(pool.hosts, pool.selector),
             "devices": [
                 _device_object(name, d, driver, (d.resource_name, d.instance_id) in unhealthy)
                 for name, d in chunk
@@ -193,12 +226,15 @@ def pool_fingerprint(pool: Pool, unhealthy: Collection[DeviceKey] = (), driver: 
     content = {
         "driver": driver,
         "hosts": pool.hosts,
+        "selector": selector_term(pool.selector) if pool.selector is not None else None,
         "devices": [
             _device_object(name, d, driver, (d.resource_name, d.instance_id) in unhealthy)
             for name, d in pool.devices
         ],
         "perSlice": MAX_DEVICES_PER_SLICE,
     }
+    if pool.selector is not None:
+        content["selector"] = selector_term(pool.selector)
     return _digest(json.dumps(content, sort_keys=True), 16)
 
 

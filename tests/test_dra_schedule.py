@@ -240,6 +240,43 @@ def test_a_device_shared_by_two_hosts_is_allocated_once_among_100_racing_pods(
     cluster.request("DELETE", f"/api/v1/namespaces/{namespace}/pods", body={"gracePeriodSeconds": 0})
 
 
+def test_a_selector_mappings_device_goes_only_to_a_node_with_the_label_and_once(
+    apiserver: ApiServer, cluster: ApiClient, publishing: tuple[Path, list[Publisher]]
+) -> None:
+    namespace = new_namespace(cluster, "dra-labels")
+    config, started = publishing
+    merge = "application/merge-patch+json"
+    labelled = {"metadata": {"labels": {"spookd-test/lab": "one"}}}
+    assert cluster.request("PATCH", "/api/v1/nodes/h2", body=labelled, content_type=merge).status == 200
+    try:
+        text = (
+            "deviceMapping:\n"
+            "  - nodeSelector:\n"
+            "      matchLabels: {spookd-test/lab: one}\n"
+            "    devices:\n"
+            '      - {resourceName: example.com/widget, instanceID: "lab1"}\n'
+        )
+        publish(apiserver, config, text, started, namespace)
+        wait_until(
+            lambda: cluster.request("GET", f"{CLAIMS}/deviceclasses/widget.example.com").status == 200,
+            what="the DeviceClass",
+        )
+        for name in ("first", "second"):
+            assert cluster.create(pod(name, namespace, limits={"example.com/widget": "1"})).status == 201
+        wait_until(
+            lambda: any(p["spec"].get("nodeName") for p in pods(cluster, namespace)), 60, "a pod bound"
+        )
+        time.sleep(2)
+        bound = [p for p in pods(cluster, namespace) if p["spec"].get("nodeName")]
+        assert [p["spec"]["nodeName"] for p in bound] == ["h2"]
+        (device,) = allocated_devices(cluster, namespace)
+        assert device.startswith("selector-")
+        assert device.endswith("/widget-lab1")
+    finally:
+        unlabelled = {"metadata": {"labels": {"spookd-test/lab": None}}}
+        cluster.request("PATCH", "/api/v1/nodes/h2", body=unlabelled, content_type=merge)
+
+
 def test_a_claim_template_with_cel_on_an_env_attribute_gets_exactly_that_device(
     apiserver: ApiServer, cluster: ApiClient, publishing: tuple[Path, list[Publisher]]
 ) -> None:

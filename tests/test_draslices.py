@@ -210,20 +210,74 @@ def test_dra_only_errors_name_their_place() -> None:
     check_dra(load_config(SHARED, "t"), SHARED, "t")
 
 
-def test_label_selected_mappings_and_seats_are_refused_in_dra_mode_with_their_place() -> None:
+def test_a_selector_mapping_is_one_pool_whose_slices_select_its_nodes_by_label() -> None:
     text = (
         "deviceMapping:\n"
         "  - nodeSelector:\n"
         "      matchLabels: {lab: one}\n"
+        "      matchExpressions:\n"
+        "        - {key: rack, operator: In, values: [r2, r1]}\n"
+        "        - {key: broken, operator: DoesNotExist}\n"
         "    devices:\n"
         "      - resourceName: example.com/widget\n"
         '        instanceID: "w1"\n'
+        "  - hosts: [h1]\n"
+        "    devices:\n"
+        "      - resourceName: example.com/widget\n"
+        '        instanceID: "w2"\n'
+    )
+    config = load_config(text, "lab.yaml")
+    check_dra(config, text, "lab.yaml")
+    pools = desired_pools(config)
+    (selected,) = [p for p in pools.values() if p.selector is not None]
+    assert selected.name.startswith("selector-")
+    assert selected.hosts == ()
+    assert [d.instance_id for _, d in selected.devices] == ["w1"]
+    (piece,) = pool_slices(selected, 1)
+    assert "nodeName" not in piece["spec"]
+    assert piece["spec"]["nodeSelector"] == {
+        "nodeSelectorTerms": [
+            {
+                "matchExpressions": [
+                    {"key": "lab", "operator": "In", "values": ["one"]},
+                    {"key": "rack", "operator": "In", "values": ["r1", "r2"]},
+                    {"key": "broken", "operator": "DoesNotExist"},
+                ]
+            }
+        ]
+    }
+    assert pools["h1"].selector is None
+    assert pool_slices(pools["h1"], 1)[0]["spec"]["nodeName"] == "h1"
+    edited = load_config(text.replace("lab: one", "lab: two"), "lab.yaml")
+    renamed = {name for name in desired_pools(edited) if name.startswith("selector-")}
+    assert renamed
+    assert selected.name not in renamed
+
+
+def test_what_one_selector_term_cannot_say_and_seats_are_refused_in_dra_mode_with_their_place() -> None:
+    text = (
+        "deviceMapping:\n"
+        "  - hosts: [h1]\n"
+        "    nodeSelector:\n"
+        "      matchLabels: {lab: one}\n"
+        "    devices:\n"
+        "      - resourceName: example.com/widget\n"
+        '        instanceID: "w1"\n'
+        "      - resourceName: example.com/widget\n"
+        '        instanceID: "w3"\n'
         "        capacity: 2\n"
+        "  - nodeSelector:\n"
+        "      matchLabels: {lab: two}\n"
+        "    devices:\n"
+        "      - resourceName: example.com/widget\n"
+        '        instanceID: "w1"\n'
     )
     config = load_config(text, "lab.yaml")
     with pytest.raises(ConfigInvalid) as caught:
         check_dra(config, text, "lab.yaml")
     shown = [str(e) for e in caught.value.errors]
-    assert len(shown) == 2, shown
-    assert shown[0].startswith("lab.yaml:3:7: deviceMapping[0].nodeSelector: DRA mode does not publish")
-    assert shown[1].startswith("lab.yaml:7:9: deviceMapping[0].devices[0].capacity: capacity 2")
+    assert len(shown) == 4, shown
+    assert shown[0].startswith("lab.yaml:4:7: deviceMapping[0].nodeSelector: DRA mode selects a pool's nodes")
+    assert shown[1].startswith("lab.yaml:7:9: deviceMapping[0].devices[0].instanceID: device `w1` of a")
+    assert shown[2].startswith("lab.yaml:10:9: deviceMapping[0].devices[1].capacity: capacity 2")
+    assert shown[3].startswith("lab.yaml:15:9: deviceMapping[1].devices[0].instanceID: device `w1` of a")

@@ -33,13 +33,18 @@ def dra_problems(config: Config) -> list[tuple[str, str]]:
     """(YAML path, message) of every DRA-only problem of a valid configuration, in file order."""
     problems: list[tuple[str, str]] = []
     shared = _shared_hosts(config)
+    mentions: dict[tuple[str, str], int] = {}
+    for mapping in config.mappings:
+        for device in mapping.devices:
+            ident = (device.resource_name, device.instance_id)
+            mentions[ident] = mentions.get(ident, 0) + 1
     for i, mapping in enumerate(config.mappings):
-        if mapping.node_selector is not None:
+        if mapping.node_selector is not None and mapping.hosts:
             problems.append(
                 (
                     f"deviceMapping[{i}].nodeSelector",
-                    "DRA mode does not publish label-selected mappings yet (a pool is a set of "
-                    "named hosts): list the nodes under `hosts` for DRA mode",
+                    "DRA mode selects a pool's nodes with one node-selector term, so a mapping "
+                    "cannot have both `hosts` and `nodeSelector`: split it into two mappings",
                 )
             )
         for k, host in enumerate(mapping.hosts):
@@ -54,6 +59,14 @@ def dra_problems(config: Config) -> list[tuple[str, str]]:
                 )
         for j, device in enumerate(mapping.devices):
             path = f"deviceMapping[{i}].devices[{j}]"
+            if mapping.node_selector is not None and mentions[(device.resource_name, device.instance_id)] > 1:
+                problems.append(
+                    (
+                        f"{path}.instanceID",
+                        f"device `{device.instance_id}` of a nodeSelector mapping is listed by another "
+                        "mapping too; DRA mode publishes it with one node-selector term: list it once",
+                    )
+                )
             if device.capacity > 1:
                 problems.append(
                     (
