@@ -46,3 +46,34 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- include "spookd.checkImage" . -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/* DRA mode refuses the device-plugin options it would silently ignore. */}}
+{{- define "spookd.checkDra" -}}
+{{- if .Values.dra.enabled -}}
+{{- range $key := list "exclusive" "cleanupStaleResources" "nodeLabels" -}}
+{{- if get $.Values.rbac $key -}}
+{{- fail (printf "rbac.%s is a device-plugin option with no effect in DRA mode (dra.enabled: true): unset rbac.%s (docs/dra.md, \"Install DRA mode with Helm\")" $key $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The publisher's name and ServiceAccount (DRA mode): its own, so the nodes' cannot write slices. */}}
+{{- define "spookd.publisherName" -}}
+{{- printf "%s-publisher" (include "spookd.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Another app.kubernetes.io/name: the DaemonSet's (immutable) selector must not match the publisher. */}}
+{{- define "spookd.publisherSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-publisher" (include "spookd.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: publisher
+{{- end }}
+
+{{- define "spookd.publisherServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- include "spookd.publisherName" . }}
+{{- else }}
+{{- default "default" .Values.dra.publisher.serviceAccountName }}
+{{- end }}
+{{- end }}
