@@ -77,3 +77,9 @@ app.kubernetes.io/component: publisher
 {{- default "default" .Values.dra.publisher.serviceAccountName }}
 {{- end }}
 {{- end }}
+
+{{/* DRA mode: the kubelet's root on the host; default the directory above pluginDir
+(so a microk8s pluginDir carries over). */}}
+{{- define "spookd.draKubeletDir" -}}
+{{- default (dir (include "spookd.pluginDir" .)) .Values.dra.kubeletDir | trimSuffix "/" -}}
+{{- end -}}
