@@ -367,7 +367,9 @@ def test_publisher_runs_on_its_service_accounts_permissions_alone(
     container = _container(deployment)
     fields = {"metadata.name": "spookd-publisher-7d9f-x2k4q", "metadata.namespace": "kube-system"}
     env = _resolve(container["env"], fields)
-    token = api.service_account_token("kube-system", deployment["spec"]["template"]["spec"]["serviceAccountName"])
+    token = api.service_account_token(
+        "kube-system", deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    )
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", token, namespace="kube-system")
     process_env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOOKD_", "KUBERNETES_"))}
     process_env.update(env, KUBECONFIG=str(kubeconfig), SPOOKD_LEASE_DURATION="3", SPOOKD_LOG_FORMAT="json")
@@ -418,8 +420,12 @@ def test_node_account_reads_claims_and_slices_and_writes_neither(
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceSlice",
         "metadata": {"name": "spookd-node-test"},
-        "spec": {"driver": "spookd.skao.int", "pool": {"name": "p", "generation": 1, "resourceSliceCount": 1},
-                 "nodeName": "minikube", "devices": []},
+        "spec": {
+            "driver": "spookd.skao.int",
+            "pool": {"name": "p", "generation": 1, "resourceSliceCount": 1},
+            "nodeName": "minikube",
+            "devices": [],
+        },
     }
     dry = {"dryRun": "All"}
     assert status(node, "POST", SLICES, body=slice_body, query=dry) == 403
