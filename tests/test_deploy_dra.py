@@ -263,6 +263,24 @@ def test_dra_node_daemonset_has_the_device_plugins_probes_and_security(helm: Hel
     }
 
 
+@pytest.mark.parametrize("values", [None, DRA_OPTIONS], ids=["dra-defaults", "dra-options"])
+def test_rendered_configuration_is_what_the_publisher_accepts(
+    helm: Helm, values: Path | None, tmp_path: Path
+) -> None:
+    objects = helm.template("spookd", "kube-system", [values] if values else [], set_json=DRA)
+    key = _env(_one(objects, "Deployment"))["SPOOKD_CONFIGMAP_KEY"]
+    config = tmp_path / "config.yaml"
+    config.write_text(_one(objects, "ConfigMap")["data"][key])
+    proc = subprocess.run(
+        [sys.executable, "-m", "spookd", "validate", "--dra", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("option", ["exclusive", "cleanupStaleResources", "nodeLabels"])
 def test_dra_refuses_device_plugin_options(helm: Helm, option: str) -> None:
     proc = helm.run(
