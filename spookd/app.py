@@ -205,15 +205,7 @@ async def _consume(
                 devices=sum(len(d) for d in desired.values()),
             )
         elif isinstance(event, Rejected):
-            metrics.CONFIG_RELOADS.labels("rejected").inc()
-            logger.error(
-                "config rejected, keeping the last good configuration: {count} error(s)\n{errors}",
-                count=len(event.errors),
-                errors="\n".join(str(e) for e in event.errors),
-                source=event.source,
-            )
-            if events is not None:
-                events.rejected(event)
+            _rejected(event, events)
         elif isinstance(event, Deleted):
             metrics.CONFIG_RELOADS.labels("deleted").inc()
             logger.warning("configuration deleted: withdrawing every resource", source=event.source)
@@ -259,20 +251,25 @@ async def run_dra(
                 metrics.CONFIG_RELOADS.labels("accepted").inc()
                 logger.info("config accepted", source=event.source)
             elif isinstance(event, Rejected):
-                metrics.CONFIG_RELOADS.labels("rejected").inc()
-                logger.error(
-                    "config rejected, keeping the last good configuration: {count} error(s)\n{errors}",
-                    count=len(event.errors),
-                    errors="\n".join(str(e) for e in event.errors),
-                    source=event.source,
-                )
-                if events is not None:
-                    events.rejected(event)
+                _rejected(event, events)
             elif isinstance(event, Deleted):
                 metrics.CONFIG_RELOADS.labels("deleted").inc()
                 logger.warning("configuration deleted: new claims find no device", source=event.source)
                 plugin.preparer.node_devices = {}
         await anyio.sleep_forever()
+
+
+def _rejected(event: Rejected, events: EventSink | None) -> None:
+    """A rejected configuration: counted, logged with every error, reported as an Event."""
+    metrics.CONFIG_RELOADS.labels("rejected").inc()
+    logger.error(
+        "config rejected, keeping the last good configuration: {count} error(s)\n{errors}",
+        count=len(event.errors),
+        errors="\n".join(str(e) for e in event.errors),
+        source=event.source,
+    )
+    if events is not None:
+        events.rejected(event)
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config.config_exception import ConfigException
@@ -29,3 +31,14 @@ async def connect(kubeconfig: str | None = None) -> client.ApiClient:
         ) from exc
     logger.info("using kubeconfig", server=configuration.host)
     return client.ApiClient(configuration)
+
+
+def json_object(data: bytes | str | None) -> dict[str, Any]:
+    """A JSON object from an answer; anything else (HTML from a proxy, garbage) is empty."""
+    if not data:
+        return {}
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}

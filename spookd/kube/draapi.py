@@ -8,13 +8,13 @@ a write that fails raises ``DraApiError`` naming the object and the server's mes
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from spookd.draslices import API_VERSION, MANAGED_BY
+from spookd.kube.client import json_object
 
 SLICES = f"/apis/{API_VERSION}/resourceslices"
 CLASSES = f"/apis/{API_VERSION}/deviceclasses"
@@ -27,16 +27,6 @@ class DraApiError(Exception):
     def __init__(self, what: str, status: int, message: str) -> None:
         self.status = status
         super().__init__(f"{what}: HTTP {status}: {message}" if status else f"{what}: {message}")
-
-
-def _json(data: bytes | str | None) -> dict[str, Any]:
-    if not data:
-        return {}
-    try:
-        parsed = json.loads(data)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
 
 
 class DraApi:
@@ -65,8 +55,8 @@ class DraApi:
                 _request_timeout=self.timeout,
             )
         except ApiException as exc:
-            return exc.status, _json(exc.body)
-        return response.status, _json(await response.read())
+            return exc.status, json_object(exc.body)
+        return response.status, json_object(await response.read())
 
     async def _list(self, path: str, what: str, **query: str) -> list[dict[str, Any]]:
         status, answer = await self.call("GET", path, **query)

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from spookd.kube.client import json_object
 from spookd.kube.leaserecords import DEVICE_LABEL, LABELS, lease_name, now_text
-
-
-def _json_object(data: bytes | str | None) -> dict[str, Any]:
-    """A JSON object from an answer; anything else (HTML from a proxy, garbage) is empty."""
-    if not data:
-        return {}
-    try:
-        parsed = json.loads(data)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
 
 
 class LeaseApi:
@@ -55,8 +44,8 @@ class LeaseApi:
                 _request_timeout=self.timeout if request_timeout is None else request_timeout,
             )
         except ApiException as exc:
-            return exc.status, _json_object(exc.body)
-        return response.status, _json_object(await response.read())
+            return exc.status, json_object(exc.body)
+        return response.status, json_object(await response.read())
 
     def body(self, resource: str, device_id: str, resource_version: str | None = None) -> dict[str, Any]:
         """The Lease naming this node holder now; conditional on ``resource_version`` when given."""
