@@ -31,10 +31,10 @@ from support.apiserver import ApiClient, ApiServer
 from support.draharness import DraHarness
 
 from spookd._proto.k8s.io.kubelet.pkg.apis.dra import v1 as dra
+from spookd.draslices import DRIVER
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.draharness]
 
-DRIVER = "spookd.skao.int"
 NODE = "minikube"
 POOL = "minikube"
 CONFIG = """\
@@ -77,7 +77,11 @@ def eventually(predicate: Callable[[], bool], timeout: float = 20.0, what: str =
 def _device(name: str, resource: str, instance: str) -> dict[str, Any]:
     return {
         "name": name,
-        "attributes": {"resource": {"string": resource}, "instanceID": {"string": instance}},
+        # The attribute names spookd publish writes (spookd.draslices).
+        "attributes": {
+            f"{DRIVER}/resource": {"string": resource},
+            f"{DRIVER}/instanceID": {"string": instance},
+        },
     }
 
 
@@ -256,6 +260,8 @@ def node(apiserver: ApiServer, tmp_path: Path) -> Iterator[Node]:
         if spookd.process is not None and spookd.process.poll() is None:
             spookd.stop()
         shutil.rmtree(short, ignore_errors=True)
+        # The API server is shared by the session: leave no slice for the publisher's tests to see.
+        api.request("DELETE", f"/apis/resource.k8s.io/v1/resourceslices/{NODE}-spookd")
 
 
 def test_walkthrough_pod_gets_exactly_the_device_plugin_environment(node: Node) -> None:
