@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -180,7 +179,8 @@ def test_helm_install_runs_the_publisher_and_the_registered_node_plugin(
 ) -> None:
     assert "STATUS: deployed" in installed, installed
     publisher = publisher_pod(cluster)
-    assert publisher["status"]["phase"] == "Running" and ready(publisher), publisher["status"]
+    assert publisher["status"]["phase"] == "Running", publisher["status"]
+    assert ready(publisher), publisher["status"]
     node_plugin = wait_node_plugin(cluster)
     [container] = node_plugin["spec"]["containers"]
     assert container["args"][:2] == ["run", "--dra"], container["args"]
@@ -220,7 +220,8 @@ def test_the_walkthrough_runs_one_replica_with_exactly_the_14_variables_and_one_
     claim = running["status"].get("extendedResourceClaimStatus", {}).get("resourceClaimName", "")
     assert claim, running["status"]
     spec = node_file(cluster, f"{CDI_DIR}/{DRIVER}-claim_{claim_uid(cluster, claim)}.json")
-    assert spec is not None and "EXAMPLECOM_WIDGET_IP=192.168.0.200" in spec, spec
+    assert spec is not None
+    assert "EXAMPLECOM_WIDGET_IP=192.168.0.200" in spec, spec
 
 
 def claim_uid(cluster: Cluster, name: str) -> str:
@@ -322,7 +323,8 @@ def test_a_resource_claim_template_with_a_cel_selector_gets_the_matching_widget(
 def cel_pod_state(cluster: Cluster) -> tuple[str, int, list[str]]:
     pod = cluster.client().get("v1", "Pod", CEL_POD, "default")
     [status] = pod["status"]["containerStatuses"]
-    assert pod["status"]["phase"] == "Running" and ready(pod), pod["status"]
+    assert pod["status"]["phase"] == "Running", pod["status"]
+    assert ready(pod), pod["status"]
     return status["containerID"], status["restartCount"], exec_env(cluster, pod)
 
 
