@@ -28,6 +28,7 @@ def e2e(session: nox.Session) -> None:
         "no:cacheprovider",
         "tests/test_e2e.py",
         "tests/test_e2e_admission.py",
+        "tests/test_e2e_dra.py",
         env={"SPOOKD_E2E": "1"},
     )
 

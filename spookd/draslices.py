@@ -1,10 +1,11 @@
 """DRA mode, what to publish: a configuration → ResourceSlices and DeviceClasses (pure).
 
 Every device is published once, in the pool of the exact set of nodes that may use
-it (the union of the ``hosts`` of every mapping that lists it): a pool of one node
-selects it by ``spec.nodeName``, a pool of several by a ``kubernetes.io/hostname In
-[...]`` node selector (the API allows one value for ``matchFields`` on
-``metadata.name``, and one selector term). A pool is split into slices of at most 64
+it (the union of the ``hosts`` of every mapping that lists it): every host pool,
+of one node or several, selects them by a ``kubernetes.io/hostname In [...]`` node
+selector (the API allows one value for ``matchFields`` on ``metadata.name``, and one
+selector term; ``spec.nodeName`` is not used, because the kubelet deletes the slices
+with its ``nodeName`` when it starts). A pool is split into slices of at most 64
 devices, the API's limit for slices whose devices carry taints, so that a health
 taint never moves a device to another slice. Each device carries the attributes
 ``spookd.skao.int/resource``, ``spookd.skao.int/instanceID`` and one
@@ -180,8 +181,8 @@ def node_selection(hosts: tuple[str, ...], selector: LabelSelector | None = None
     """The spec fields that select a pool's nodes."""
     if selector is not None:
         return {"nodeSelector": {"nodeSelectorTerms": [selector_term(selector)]}}
-    if len(hosts) == 1:
-        return {"nodeName": hosts[0]}
+    # Never spec.nodeName, even for one host: the kubelet's DRA plugin manager deletes
+    # every slice whose nodeName is its node when it starts (docs/dra.md).
     term = {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": list(hosts)}]}
     return {"nodeSelector": {"nodeSelectorTerms": [term]}}
 

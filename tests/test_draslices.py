@@ -22,6 +22,12 @@ from spookd.draslices import (
     pool_slices,
 )
 
+#: The node selector of a one-host pool (h1).
+ONE_HOST = {
+    "nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["h1"]}]}
+    ]
+}
 SHARED = """\
 deviceMapping:
   - hosts: [h1, h2]
@@ -79,7 +85,9 @@ def test_a_device_of_several_mappings_is_in_the_pool_of_all_its_hosts_once() -> 
     assert single.keys() == {("example.com/widget", "w1")}
     assert shared.keys() == {("example.com/widget", "W0")}
     (one,) = pool_slices(single, 3)
-    assert one["spec"]["nodeName"] == "h1"
+    # One host too: a slice with spec.nodeName is deleted by that node's kubelet as it starts.
+    assert "nodeName" not in one["spec"]
+    assert one["spec"]["nodeSelector"] == ONE_HOST
     assert one["spec"]["pool"] == {"name": "h1", "generation": 3, "resourceSliceCount": 1}
     (both,) = pool_slices(shared, 1)
     assert both["spec"]["nodeSelector"] == {
@@ -247,7 +255,7 @@ def test_a_selector_mapping_is_one_pool_whose_slices_select_its_nodes_by_label()
         ]
     }
     assert pools["h1"].selector is None
-    assert pool_slices(pools["h1"], 1)[0]["spec"]["nodeName"] == "h1"
+    assert pool_slices(pools["h1"], 1)[0]["spec"]["nodeSelector"] == ONE_HOST
     edited = load_config(text.replace("lab: one", "lab: two"), "lab.yaml")
     renamed = {name for name in desired_pools(edited) if name.startswith("selector-")}
     assert renamed

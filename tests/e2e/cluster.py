@@ -89,6 +89,9 @@ CONTROLLERS = (
     "daemonset-controller",
     # Removes the node.kubernetes.io/not-ready taint the kubelet registers with.
     "node-lifecycle-controller",
+    # DRA mode: makes the ResourceClaims of ResourceClaimTemplates and frees the
+    # claims of pods that are gone (tests/test_e2e_dra.py).
+    "resourceclaim-controller",
 )
 
 
