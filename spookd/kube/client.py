@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 from loguru import logger
 
@@ -42,3 +43,29 @@ def json_object(data: bytes | str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return parsed if isinstance(parsed, dict) else {}
+
+
+async def json_call(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    body: Any,
+    request_timeout: float,
+    query: dict[str, str],
+) -> tuple[int, dict[str, Any]]:
+    """One raw JSON request to the API server: the HTTP status and the answer's JSON object."""
+    try:
+        response = await api.call_api(
+            path,
+            method,
+            query_params=list(query.items()),
+            header_params={"Content-Type": "application/json", "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=request_timeout,
+        )
+    except ApiException as exc:
+        return exc.status, json_object(exc.body)
+    return response.status, json_object(await response.read())

@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from spookd.draslices import API_VERSION, MANAGED_BY
-from spookd.kube.client import json_object
+from spookd.kube.client import json_call
 
 SLICES = f"/apis/{API_VERSION}/resourceslices"
 CLASSES = f"/apis/{API_VERSION}/deviceclasses"
@@ -43,20 +42,7 @@ class DraApi:
         self, method: str, path: str, body: Any = None, **query: str
     ) -> tuple[int, dict[str, Any]]:
         """One request: the HTTP status and the answer's JSON object."""
-        try:
-            response = await self.api.call_api(
-                path,
-                method,
-                query_params=list(query.items()),
-                header_params={"Content-Type": "application/json", "Accept": "application/json"},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=self.timeout,
-            )
-        except ApiException as exc:
-            return exc.status, json_object(exc.body)
-        return response.status, json_object(await response.read())
+        return await json_call(self.api, method, path, body=body, request_timeout=self.timeout, query=query)
 
     async def _list(self, path: str, what: str, **query: str) -> list[dict[str, Any]]:
         status, answer = await self.call("GET", path, **query)

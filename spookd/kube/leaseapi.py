@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
-from spookd.kube.client import json_object
+from spookd.kube.client import json_call
 from spookd.kube.leaserecords import DEVICE_LABEL, LABELS, lease_name, now_text
 
 
@@ -32,20 +31,8 @@ class LeaseApi:
         self, method: str, path: str, body: Any = None, request_timeout: float | None = None, **query: str
     ) -> tuple[int, dict[str, Any]]:
         """One request; the HTTP status and the answer's JSON object (empty if it is none)."""
-        try:
-            response = await self.api.call_api(
-                path,
-                method,
-                query_params=list(query.items()),
-                header_params={"Content-Type": "application/json", "Accept": "application/json"},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=self.timeout if request_timeout is None else request_timeout,
-            )
-        except ApiException as exc:
-            return exc.status, json_object(exc.body)
-        return response.status, json_object(await response.read())
+        timeout = self.timeout if request_timeout is None else request_timeout
+        return await json_call(self.api, method, path, body=body, request_timeout=timeout, query=query)
 
     def body(self, resource: str, device_id: str, resource_version: str | None = None) -> dict[str, Any]:
         """The Lease naming this node holder now; conditional on ``resource_version`` when given."""
