@@ -177,12 +177,27 @@ class Holding:
     since: float
     #: Local monotonic time of the next renewal try (0: when the last write says).
     retry_at: float = 0.0
+    #: The last try conflicted with this node's own newer record (read back since).
+    reread: bool = False
 
     def renewed(self, resource_version: str, sent_at: float) -> None:
         """A renewal sent at ``sent_at`` succeeded."""
         self.resource_version = resource_version
         self.renewed_at = max(self.renewed_at, sent_at)
         self.retry_at = 0.0
+        self.reread = False
+
+    def conflicted(self, now: float) -> None:
+        """A try met this node's own newer record (an earlier try applied unanswered).
+
+        The next try goes at once, from the record read back; a second conflict in a row
+        waits like any failed try, so a Lease rewritten under it never makes a busy loop.
+        """
+        if self.reread:
+            self.failed(now)
+        else:
+            self.retry_at = now
+        self.reread = True
 
     def failed(self, now: float) -> None:
         """A renewal try failed at ``now`` (network, 5xx, 429, timeout): try again soon."""

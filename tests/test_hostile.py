@@ -2,7 +2,8 @@
 still served afterwards (a real Allocate through the kubelet's device manager proves it).
 
 Spookd runs as a process (`spookd run`), registered with the real device manager; the hostile client
-is this test, on the same Unix socket the kubelet uses.
+is this test, on the same Unix socket the kubelet uses. At the end, the other way round: peers Spookd
+calls (kubelet.sock, PodResources) that accept a connection and close it at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,12 @@ import pytest
 from conftest import SpookdProcess
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from kubelet_double import running_kubelet
 from support.nodeharness import NodeHarness
+from test_plugin import WALKTHROUGH, daemon
+from test_plugin import accepted as accepted_config
+
+from spookd.kube.podresources import PodResourcesReader
 
 WIDGET = "example.com/widget"
 SOCKET = "spookd-examplecom_widget.sock"
@@ -221,3 +228,57 @@ def test_a_message_just_under_the_limit_is_still_read(node: NodeHarness, served:
     assert info.value.message is not None
     assert "unknown device ID 'bogus-0000000'" in info.value.message
     assert_still_serving(node, served, "after-large")
+
+
+@contextlib.contextmanager
+def hanging_up(path: Path) -> Iterator[list[int]]:
+    """A Unix socket at ``path`` that accepts every connection and closes it at once.
+
+    What a peer that is going away looks like (a kubelet restarting, a PodResources
+    server shutting down); the list counts the connections accepted.
+    """
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(64)
+    accepted: list[int] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield accepted
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(timeout=5)
+        path.unlink(missing_ok=True)
+
+
+@pytest.mark.anyio
+async def test_a_pod_resources_server_that_hangs_up_is_a_failed_read_never_a_crash(tmp_path: Path) -> None:
+    reader = PodResourcesReader(str(tmp_path / "podres.sock"), timeout=2.0)
+    with hanging_up(tmp_path / "podres.sock") as accepted:
+        results = [await reader.in_use() for _ in range(100)]
+    assert len(accepted) >= 100
+    assert results == [None] * 100
+
+
+@pytest.mark.anyio
+async def test_a_kubelet_socket_that_hangs_up_is_a_failed_registration_retried(plugin_dir: Path) -> None:
+    async with daemon(plugin_dir) as spookd:
+        with hanging_up(plugin_dir / "kubelet.sock") as accepted:
+            await spookd.push(accepted_config(WALKTHROUGH))
+            with anyio.fail_after(10):
+                while len(accepted) < 4:  # the first try and its retries, each hung up on
+                    await anyio.sleep(0.05)
+        assert not spookd.state.ready()[0]
+        async with running_kubelet(plugin_dir) as kubelet:
+            await kubelet.wait_for(lambda: len(kubelet.capacity()) == 2, timeout=10)

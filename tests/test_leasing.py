@@ -119,6 +119,20 @@ def test_a_failed_renewal_is_retried_until_the_claim_lapses() -> None:
     assert not held.lapsed(29.4)
 
 
+def test_a_conflict_with_its_own_applied_renewal_is_retried_at_once_then_like_a_failure() -> None:
+    held = Holding(resource_version="10", renewed_at=0.0, duration=15, since=0.0)
+    held.failed(10.5)  # the due try timed out: applied, its answer lost
+    held.resource_version = "11"  # read back after the next try's 409
+    held.conflicted(12.0)
+    assert held.next_renewal() == 12.0
+    held.conflicted(12.1)  # a second conflict in a row: no busy loop
+    assert held.next_renewal() == pytest.approx(13.1)
+    assert held.renewed_at == 0.0, "an unanswered renewal never extends the claim"
+    held.renewed("12", sent_at=13.1)
+    held.conflicted(20.0)  # a new conflict after a success goes at once again
+    assert held.next_renewal() == 20.0
+
+
 def test_two_renewal_tries_that_hang_fit_before_a_claim_lapses() -> None:
     # From 10 s up (below, the 1 s floor of a try's timeout binds): a first try that
     # hangs until its timeout still leaves a second try, hung too, time to answer.

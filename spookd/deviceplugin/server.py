@@ -36,6 +36,7 @@ from spookd.deviceplugin.service import DevicePluginService
 from spookd.deviceplugin.snapshots import FLUSH_TIMEOUT, DeviceList, SnapshotCodec, Stream
 from spookd.deviceplugin.watch import KUBELET_SOCKET
 from spookd.dirwatch import FileIdentity, file_identity
+from spookd.grpccalls import hung_up_as_reset
 from spookd.observe import metrics
 
 REGISTER_TIMEOUT = 5.0
@@ -256,9 +257,11 @@ class ResourceServer:
         kubelet = file_identity(self.kubelet_socket)
         try:
             stub = api.RegistrationStub(channel)
-            await stub.register(
-                convert.register_request(self.resource_name, self.socket_name),
-                timeout=REGISTER_TIMEOUT,
+            await hung_up_as_reset(
+                stub.register(
+                    convert.register_request(self.resource_name, self.socket_name),
+                    timeout=REGISTER_TIMEOUT,
+                )
             )
         except (TimeoutError, OSError, GRPCError, StreamTerminatedError) as exc:
             already = isinstance(exc, GRPCError) and "already connected" in (exc.message or "")

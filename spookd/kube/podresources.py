@@ -7,6 +7,7 @@ from grpclib.client import Channel
 from loguru import logger
 
 from spookd._proto import v1 as podresources
+from spookd.grpccalls import hung_up_as_reset
 
 Key = tuple[str, str]
 
@@ -24,7 +25,9 @@ class PodResourcesReader:
         channel = Channel(path=self.socket)
         try:
             stub = podresources.PodResourcesListerStub(channel)
-            response = await stub.list(podresources.ListPodResourcesRequest(), timeout=self.timeout)
+            response = await hung_up_as_reset(
+                stub.list(podresources.ListPodResourcesRequest(), timeout=self.timeout)
+            )
         except (
             TimeoutError,
             OSError,

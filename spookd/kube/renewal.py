@@ -21,6 +21,7 @@ class Renewal:
     book: LeaseBook
     leases: LeaseApi
     lease_duration: float
+    node_name: str
     clock: Callable[[], float]
     _busy: Gate
 
@@ -77,7 +78,48 @@ class Renewal:
                 logger.warning("cannot renew device claims: HTTP {status}", status=status)
                 held.failed(self.clock())
                 continue
+            if status == 409 and await self._still_mine(key, held, cadence):
+                continue
             self._lose(key, f"HTTP {status}")
+
+    async def _still_mine(self, key: Key, held: Holding, cadence: Cadence) -> bool:
+        """After a 409: True if the Lease still names this node (renew again at once, from it).
+
+        A try abandoned at its timeout may still have been applied: the API server then
+        holds a newer resourceVersion of this node's own record, and the next try, made
+        from the old one, conflicts. Only a record naming another holder (or none) means
+        the claim is gone; the claim's age still counts from the last renewal whose answer
+        came, so this never extends it.
+        """
+        try:
+            status, lease = await self.leases.call(
+                "GET", self.leases.path(lease_name(*key)), request_timeout=cadence.try_timeout
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            logger.warning("cannot renew device claims: {error}", error=str(exc) or type(exc).__name__)
+            held.failed(self.clock())
+            return True
+        if status >= 500 or status == 429:
+            held.failed(self.clock())
+            return True
+        if status != 200:
+            return False
+        try:
+            record = json_lease_record(lease)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return False
+        self.book.observe(key, record, self.clock())
+        if record.holder != self.node_name or self.held.get(key) is not held:
+            return False
+        logger.info(
+            "a renewal of {resource} device {device} was applied unanswered; renewing from it",
+            resource=key[0],
+            device=key[1],
+        )
+        held.resource_version = record.resource_version
+        # At once the first time; a second conflict in a row waits like any failed try.
+        held.conflicted(self.clock())
+        return True
 
     async def _renew_loop(self) -> None:
         cadence = Cadence(self.lease_duration)

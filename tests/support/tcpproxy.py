@@ -10,7 +10,14 @@ from typing import Self
 
 
 class TcpProxy:
-    """Relays 127.0.0.1:<port> to ``upstream``; ``cut()`` resets every connection and refuses new ones."""
+    """Relays 127.0.0.1:<port> to ``upstream``; a test can cut it, or lose every answer.
+
+    ``cut()`` resets every connection and refuses new ones. ``mute()`` keeps relaying
+    requests but drops every byte the server sends back, as a path that loses only the
+    answers does: the server acts on a request whose client never learns it did.
+    ``restore()`` ends either (connections muted meanwhile are reset: their streams
+    lost bytes).
+    """
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
@@ -19,6 +26,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._cut = False
+        self._muted = False
         self._closed = False
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
         self._acceptor.start()
@@ -31,10 +39,20 @@ class TcpProxy:
                 _reset(sock)
             self._open.clear()
 
-    def restore(self) -> None:
-        """Relay again."""
+    def mute(self) -> None:
+        """From now on: requests still reach the server, its answers are dropped."""
         with self._lock:
+            self._muted = True
+
+    def restore(self) -> None:
+        """Relay again; connections that lost answers are reset."""
+        with self._lock:
+            if self._muted:
+                for sock in self._open:
+                    _reset(sock)
+                self._open.clear()
             self._cut = False
+            self._muted = False
 
     def close(self) -> None:
         """Stop relaying for good."""
@@ -70,12 +88,14 @@ class TcpProxy:
             server.settimeout(None)
             with self._lock:
                 self._open.update((client, server))
-            for source, target in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+            for source, target, answers in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pump, args=(source, target, answers), daemon=True).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, answers: bool) -> None:
         try:
             while data := source.recv(65536):
+                if answers and self._muted:
+                    continue
                 target.sendall(data)
         except OSError:
             pass
