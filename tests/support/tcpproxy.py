@@ -103,9 +103,12 @@ class TcpProxy:
             with self._lock:
                 self._open.discard(source)
                 self._open.discard(target)
+            # shutdown wakes the other direction's thread; close releases the descriptor
+            # (a closed socket object answers that thread with EBADF, never a reused fd).
             for sock in (source, target):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
 
 
 def _reset(sock: socket.socket) -> None:
