@@ -73,6 +73,13 @@ class Renewal:
                     continue
                 held.renewed(record.resource_version, sent_at)
                 self.book.observe(key, record, self.clock())
+                logger.debug(
+                    "renewed",
+                    resource=resource,
+                    device=device_id,
+                    took=round(self.clock() - sent_at, 3),
+                    resource_version=record.resource_version,
+                )
                 continue
             if status >= 500 or status == 429:
                 logger.warning("cannot renew device claims: HTTP {status}", status=status)

@@ -46,9 +46,16 @@ def environment(offset_seconds: int) -> dict[str, str]:
 
 
 def offset_seen(offset_seconds: int) -> tuple[float, float]:
-    """(wall clock offset, monotonic offset) a child process sees under ``environment``."""
+    """(wall clock offset, monotonic offset) a child process sees under ``environment``.
+
+    Exact however long the child takes to start: CLOCK_MONOTONIC is one clock for
+    every process, so the wall offset is the child's wall minus monotonic reading
+    compared with this process's, and the monotonic offset is how far the child's
+    reading falls outside the interval this process saw around it (0 inside).
+    """
     script = "import time; print(time.time(), time.monotonic())"
-    before_wall, before_mono = time.time(), time.monotonic()
+    before_mono = time.monotonic()
+    here = time.time() - time.monotonic()
     done = subprocess.run(
         ["python3", "-c", script],
         capture_output=True,
@@ -57,6 +64,7 @@ def offset_seen(offset_seconds: int) -> tuple[float, float]:
         check=True,
         timeout=30,
     )
-    after_wall, after_mono = time.time(), time.monotonic()
+    after_mono = time.monotonic()
     wall, mono = (float(part) for part in done.stdout.split())
-    return wall - (before_wall + after_wall) / 2, mono - (before_mono + after_mono) / 2
+    outside = max(0.0, before_mono - mono, mono - after_mono)
+    return (wall - mono) - here, outside
