@@ -25,6 +25,7 @@ from typing import Any
 
 import anyio
 import pytest
+import walkthrough
 from conftest import SpookdProcess
 from grpclib.client import Channel
 from support.apiserver import ApiClient, ApiServer
@@ -48,22 +49,7 @@ deviceMapping:
       - {resourceName: example.com/thingamajig, instanceID: A1234}
 """
 #: SPEC §5, the walkthrough: a container given widget 0001 and thingamajig A1234.
-WALKTHROUGH_ENV = {
-    "EXAMPLECOM_WIDGET_DEV0_ID": "0001",
-    "EXAMPLECOM_WIDGET_DEV0_IP": "192.168.0.200",
-    "EXAMPLECOM_WIDGET_DEV0_PORT": "12345",
-    "EXAMPLECOM_WIDGET_DEV0_TYPE": "example.com/widget",
-    "EXAMPLECOM_WIDGET_ID": "0001",
-    "EXAMPLECOM_WIDGET_IP": "192.168.0.200",
-    "EXAMPLECOM_WIDGET_PORT": "12345",
-    "EXAMPLECOM_WIDGET_TYPE": "example.com/widget",
-    "EXAMPLECOM_WIDGET_NUM_DEVICES": "1",
-    "EXAMPLECOM_THINGAMAJIG_DEV0_ID": "A1234",
-    "EXAMPLECOM_THINGAMAJIG_DEV0_TYPE": "example.com/thingamajig",
-    "EXAMPLECOM_THINGAMAJIG_ID": "A1234",
-    "EXAMPLECOM_THINGAMAJIG_TYPE": "example.com/thingamajig",
-    "EXAMPLECOM_THINGAMAJIG_NUM_DEVICES": "1",
-}
+WALKTHROUGH_ENV = walkthrough.ENV
 _names = itertools.count()
 
 
