@@ -110,6 +110,11 @@ def cpu_figures(cpu: dict[int, tuple[float, float]], calls: int, rounds: int, wa
     ]
 
 
+#: Allocate p50 against the Go reference: issue #16 asks ≤ 1.5× for one device and
+#: ≤ 2× for 64; SPEC §9's ≤ 3× stays for the sizes the issue does not name.
+P50_RATIO_LIMITS = {1: 1.5, 64: 2.0}
+
+
 def figures(rows: list[dict[str, Any]], calls: int) -> list[Figure]:
     out = []
     for size in SIZES:
@@ -126,7 +131,7 @@ def figures(rows: list[dict[str, Any]], calls: int) -> list[Figure]:
                     values=mine,
                     reference=ref,
                     target=Target(limit, f"≤ {limit:g} ms"),
-                    ratio_limit=3.0 if pct == "p50" else None,
+                    ratio_limit=P50_RATIO_LIMITS.get(size, 3.0) if pct == "p50" else None,
                     note=f"{len(mine)} rounds × {calls} calls"
                     + (f"; {errors} errors" if errors else "")
                     + f"; Go median {statistics.median(ref):.3f} ms",
