@@ -29,6 +29,7 @@ def e2e(session: nox.Session) -> None:
         "tests/test_e2e.py",
         "tests/test_e2e_admission.py",
         "tests/test_e2e_dra.py",
+        "tests/test_e2e_race.py",
         env={"SPOOKD_E2E": "1"},
     )
 

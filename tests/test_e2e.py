@@ -34,6 +34,7 @@ if os.environ.get("SPOOKD_E2E") != "1":
 
 from e2e import containerd, evidence, images, spookd_image
 from e2e.cluster import HOST_IP, LOGS, NODE_IP, NODE_NAME, PLUGIN_MANIFEST, STATIC_PODS, Cluster
+from e2e.fixture import reported_cluster
 from e2e.host import E2EError, wait_for
 from support import gobuild
 
@@ -69,27 +70,8 @@ def expected_env(widget: str, thingamajig: str, widget_env: dict[str, str]) -> l
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """The cluster, prepared (packages, builds); each test starts the stages it needs."""
-    began = time.monotonic()
-    cluster = Cluster()
-    try:
-        cluster.prepare()
+    with reported_cluster(request, "e2e timings", "timings.txt", controllers=False) as cluster:
         yield cluster
-    finally:
-        cluster.down()
-        cluster.timings["total"] = time.monotonic() - began
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [f"{name:>40}: {seconds:7.2f} s" for name, seconds in cluster.timings.items()]
-        if cluster.image is not None:
-            lines.append(f"{'spookd image size (buildah)':>40}: {cluster.image.size}")
-            lines.append(f"{'spookd image archive':>40}: {cluster.image.archive_size / 1e6:7.1f} MB")
-        report = "\n".join(["e2e timings (logs in " + str(LOGS) + "):", *lines, *cluster.notes])
-        (LOGS / "timings.txt").write_text(report + "\n")
-        capture = request.config.pluginmanager.get_plugin("capturemanager")
-        if reporter is not None and capture is not None:
-            with capture.global_and_fixture_disabled():
-                reporter.write_line("")
-                for line in report.splitlines():
-                    reporter.write_line(line)
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,7 @@ if os.environ.get("SPOOKD_E2E") != "1":
 
 from conftest import SpookdProcess
 from e2e.cluster import LOGS, NODE_NAME, Cluster
+from e2e.fixture import reported_cluster
 from e2e.host import wait_for
 from support.nodeharness import NodeHarness
 
@@ -75,24 +76,8 @@ DEVICES = [{"resourceName": OSC, "instanceID": DEVICE, "env": {"IP": "10.0.10.1"
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """The e2e cluster with its scheduler and controllers (no Spookd yet)."""
-    began = time.monotonic()
-    cluster = Cluster()
-    try:
-        cluster.prepare()
-        cluster.start_controllers()
+    with reported_cluster(request, "e2e admission timings", "admission.txt") as cluster:
         yield cluster
-    finally:
-        cluster.down()
-        cluster.timings["total"] = time.monotonic() - began
-        timings = [f"{k:>40}: {v:7.2f} s" for k, v in cluster.timings.items()]
-        report = "\n".join(["e2e admission timings:", *timings, *cluster.notes])
-        (LOGS / "admission.txt").write_text(report + "\n")
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        capture = request.config.pluginmanager.get_plugin("capturemanager")
-        if reporter is not None and capture is not None:
-            with capture.global_and_fixture_disabled():
-                for line in report.splitlines():
-                    reporter.write_line(line)
 
 
 @dataclass

@@ -36,6 +36,7 @@ if os.environ.get("SPOOKD_E2E") != "1":
     pytest.skip("the end-to-end tests run with SPOOKD_E2E=1 (nox -s e2e)", allow_module_level=True)
 
 from e2e.cluster import LOGS, NODE_NAME, PLUGIN_MANIFEST, Cluster
+from e2e.fixture import reported_cluster
 from e2e.host import E2EError, wait_for
 from test_e2e import WIDGET, exec_env, expected_env, pods, ready, unschedulable_message, wait_split
 
@@ -62,24 +63,8 @@ def walkthrough_mapping() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """The e2e cluster with its scheduler and controllers (no Spookd yet)."""
-    began = time.monotonic()
-    cluster = Cluster()
-    try:
-        cluster.prepare()
-        cluster.start_controllers()
+    with reported_cluster(request, "e2e DRA timings", "dra.txt") as cluster:
         yield cluster
-    finally:
-        cluster.down()
-        cluster.timings["total"] = time.monotonic() - began
-        timings = [f"{k:>40}: {v:7.2f} s" for k, v in cluster.timings.items()]
-        report = "\n".join(["e2e DRA timings:", *timings, *cluster.notes])
-        (LOGS / "dra.txt").write_text(report + "\n")
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        capture = request.config.pluginmanager.get_plugin("capturemanager")
-        if reporter is not None and capture is not None:
-            with capture.global_and_fixture_disabled():
-                for line in report.splitlines():
-                    reporter.write_line(line)
 
 
 @pytest.fixture(scope="module")
