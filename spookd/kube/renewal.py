@@ -116,10 +116,13 @@ class Renewal:
         except (KeyError, TypeError, ValueError, AttributeError):
             return False
         self.book.observe(key, record, self.clock())
-        if record.holder != self.node_name or self.held.get(key) is not held:
+        if self.held.get(key) is not held:
+            return True  # released meanwhile: nothing to renew, nothing lost
+        if record.holder != self.node_name:
             return False
         logger.info(
-            "a renewal of {resource} device {device} was applied unanswered; renewing from it",
+            "a renewal of {resource} device {device} met this node's own newer record (a try "
+            "applied unanswered, or another edit of the Lease); renewing from it",
             resource=key[0],
             device=key[1],
         )
