@@ -63,12 +63,16 @@ class DraHarness:
         self.process.stdin.flush()
         return self._read()
 
-    def wait_registered(self, timeout: float = 30.0) -> None:
-        """Until the DRA manager has a plugin for the driver; AssertionError after ``timeout``."""
+    def wait_registered(self, timeout: float = 30.0, *, registered: bool = True) -> None:
+        """Until the DRA manager has a plugin for the driver (or, ``registered=False``, has none).
+
+        AssertionError after ``timeout``.
+        """
         deadline = time.monotonic() + timeout
-        while not self.request("registered").get("registered"):
+        while bool(self.request("registered").get("registered")) != registered:
             assert time.monotonic() < deadline, (
-                f"not registered within {timeout}s:\n{self.log_text()[-3000:]}"
+                f"{'not ' if registered else 'still '}registered within {timeout}s:\n"
+                f"{self.log_text()[-3000:]}"
             )
             time.sleep(0.1)
 
