@@ -153,3 +153,34 @@ def test_a_configuration_the_fast_path_leaves_loads_the_reference() -> None:
         "bad.yaml:1:16: deviceMapping: expected a list of mappings, got a number",
         "True",
     ]
+
+
+_ALLOCATOR_ORDER = """
+import os, sys
+import spookd.cli as cli
+def seen(args):
+    print(os.environ.get("MIMALLOC_ARENA_EAGER_COMMIT"), "yaml_rs" in sys.modules)
+    return 0
+cli.cmd_validate = seen
+cli.main(["validate", "-"])
+"""
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "0 False"), ("1", "1 False")])
+def test_the_allocator_default_is_set_before_yaml_rs_loads_and_yields_to_the_environment(
+    given: str | None, expected: str
+) -> None:
+    """Memory (issue #16): yaml-rs's mimalloc reads its options when it loads, so the
+    command line must set them first; an operator's own setting wins."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MIMALLOC_ARENA_EAGER_COMMIT"}
+    if given is not None:
+        env["MIMALLOC_ARENA_EAGER_COMMIT"] = given
+    done = subprocess.run(
+        [sys.executable, "-c", _ALLOCATOR_ORDER], capture_output=True, text=True, check=False, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected

@@ -358,8 +358,17 @@ def _parse_http_addr(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+#: Allocator options set before anything loads yaml-rs, unless the environment sets them.
+#: yaml-rs's mimalloc commits its first arena at load (4 MiB as transparent huge pages
+#: where THP is on), most of which a daemon never uses: commit on demand instead
+#: (docs/design.md, "Footprint").
+ALLOCATOR_DEFAULTS = {"MIMALLOC_ARENA_EAGER_COMMIT": "0"}
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the command line and exit with its status."""
+    for name, value in ALLOCATOR_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
