@@ -38,7 +38,6 @@ CONFIGMAP_IMPORTS = [
     "spookd._proto.v1beta1",
     "loguru",
     "uvloop",
-    "_ruamel_yaml",
     "spookd.config",
     "yaml_rs",
     "msgspec",

@@ -9,6 +9,7 @@ should be, so that a fallback on everything would fail too.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruamel.yaml.nodes import MappingNode
 
+import spookd.config.fast as fast_module
 from spookd.config import Config, ConfigInvalid, load_config
 from spookd.config.fast import _safe, _typed_when_plain, load_fast
 from spookd.config.load import checked_text, load_reference
@@ -26,6 +28,16 @@ from spookd.config.yamlnodes import INT, STR, compose, tag
 
 DATA = Path(__file__).parent / "data"
 CORPUS = sorted((DATA / "good").iterdir()) + sorted((DATA / "bad").iterdir())
+
+
+@pytest.fixture(autouse=True, scope="module", params=["whole", "in pieces"])
+def _cutting(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test here runs twice: as configured, and with every device item a piece of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "in pieces":
+            patch.setattr(fast_module, "PIECE_MIN_TEXT", 0)
+            patch.setattr(fast_module, "PIECE_BYTES", 1)
+        yield
 
 
 def _outcome(load: object, text: str | bytes) -> Config | list[str]:
@@ -77,6 +89,43 @@ def test_a_large_configuration_takes_the_fast_path() -> None:
         ("NAME", "dev 3"),
         ("PORT", "8003"),
     )
+
+
+def test_a_large_block_style_configuration_is_parsed_in_pieces() -> None:
+    """The loop stall (issue #16): no single yaml-rs call builds the whole document."""
+    lines = ["deviceMapping:", "  - hosts: [node-1]", "    devices:"]
+    for i in range(5000):
+        lines += [f"      - resourceName: example.com/r{i % 7}", f"        instanceID: d{i}"]
+        lines += ["        env:", f"          IP: 10.0.{i // 256}.{i % 256}"]
+    text = "\n".join(lines) + "\n"
+    calls: list[int] = []
+    loads = yaml_rs.loads
+
+    def counted(piece: str) -> Any:
+        calls.append(len(piece))
+        return loads(piece)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(yaml_rs, "loads", counted)
+        fast = _fast(text)
+    assert fast is not None
+    assert fast == load_reference(text, "t.yaml")
+    assert len(fast.mappings[0].devices) == 5000
+    if fast_module.PIECE_BYTES == 1:
+        assert len(calls) == 1 + 5000
+    else:
+        # The document around the pieces, then pieces of PIECE_BYTES and at most one item more.
+        assert len(calls) == 1 + -(-(len(text) - len("\n".join(lines[:3]))) // fast_module.PIECE_BYTES)
+        assert max(calls) <= fast_module.PIECE_BYTES + 100
+
+
+def test_a_run_holding_an_anchor_is_parsed_whole() -> None:
+    text = "deviceMapping:\n  - hosts: [a]\n    devices:\n" + "".join(
+        f"      - resourceName: e.com/w\n        instanceID: '{i}'\n        env: &e{i} {{K: v}}\n"
+        for i in range(3)
+    )
+    assert fast_module._cut(text) is None
+    assert _same(text) is not None
 
 
 # Scalars whose meaning differs between YAML 1.1, YAML 1.2 and the two parsers.
@@ -248,6 +297,12 @@ MUTATED = [
     _device(env="{IP: 10.0.0.1, PORT: 80, NAME: 'a b'}"),
     "exclusive: true\ndeviceMapping:\n- hosts:\n  - a\n  devices:\n  - resourceName: e.com/w\n"
     '    instanceID: "0001"\n    env:\n      K: v\n      N: 5\n',
+    # Block style without quotes or flow collections: the pieces' own shape.
+    "deviceMapping:\n  - hosts: [a, b]\n    devices:\n      - resourceName: e.com/w\n        instanceID: x1\n"
+    "        env:\n          IP: 10.0.0.1\n      # a comment\n      - resourceName: e.com/w\n"
+    "        instanceID: x2\n\n      - instanceID: y\n        resourceName: e.com/v\n  - hosts:\n"
+    "      - c\n      - d\n    devices:\n      - resourceName: e.com/w\n        instanceID: z\n"
+    "        env:\n          N: 5\n",
 ]
 PIECES = [*":-?#'\"{}[], \n|>&*@`%!.~0_xX", ": ", "- ", "\n  ", "''", '""', "0x", "1_0"]
 

@@ -32,6 +32,7 @@ the fast path; a device with any SPEC §10 field goes to the reference.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml_rs
@@ -71,22 +72,94 @@ _TOP_KEYS = frozenset({"deviceMapping", "exclusive"})
 _MAPPING_KEYS = {"hosts": None, "devices": None}.keys()
 
 
+#: A text at least this long is parsed in pieces of about PIECE_BYTES (see ``_cut``).
+PIECE_MIN_TEXT = 128 * 1024
+PIECE_BYTES = 32 * 1024
+#: What a cut-out run of device items may not hold: anchors and aliases, whose names
+#: would resolve differently with the run out of the document.
+_PIECE_UNSAFE = "&*"
+_SENTINEL = "spookd-piece-"
+_FIRST_DEVICE = re.compile(r"^( *)- (?:resourceName|instanceID|env):", re.MULTILINE)
+
+
 def load_fast(text: str) -> Config | None:
     """The configuration ``text`` describes, when the fast path can vouch for it; else None."""
     if not _safe(text):
         return None
+    cut = _cut(text) if len(text) >= PIECE_MIN_TEXT else None
+    walk = _Walk(flow="{" in text or "[" in text, pieces=cut[1] if cut else {})
     try:
-        data = yaml_rs.loads(text)
+        data = yaml_rs.loads(cut[0] if cut else text)
     except Exception:
         return None
-    walk = _Walk(flow="{" in text or "[" in text)
     try:
         config = walk.top(data)
     except _Doubt:
         return None
-    if walk.maybe_plain and not _typed_when_plain(walk.maybe_plain):
+    if walk.pieces or (walk.maybe_plain and not _typed_when_plain(walk.maybe_plain)):
         return None
     return config
+
+
+def _cut(text: str) -> tuple[str, dict[str, str]] | None:
+    """``text`` with long runs of device items cut out, each left as one sentinel item; the pieces.
+
+    yaml-rs builds the Python objects of a whole text in one call holding the GIL: a
+    loop stall of ~6 ms for 1 MiB. Parsed in pieces, each call holds it for a piece.
+    Why the pieces mean what the whole text means (docs/design.md, "Footprint"):
+
+    - A cut falls only at a line opening an item of a block sequence at the device
+      items' indentation, in a run of such items that no other line at that indentation
+      or less interrupts (a comment either): a plain scalar cannot continue onto it.
+    - Only a sentinel the walk meets as an item of a device list counts, and each must
+      be met once: so the first piece of a run starts where the parser stands between
+      two items of a block sequence, as the sentinel did.
+    - A piece holds only lines at the items' indentation or deeper, which parse alone
+      as they do in place; so each piece parsed without an error ends where the next
+      starts, between two items: a quoted scalar or flow collection open across a cut
+      makes the piece before it end inside it, which yaml-rs refuses.
+    - A run holding an anchor or alias is not cut, and any refusal sends the text to
+      the whole-document parse; tests/test_fast_path.py runs every test both ways.
+    """
+    first = _FIRST_DEVICE.search(text)
+    if first is None or _SENTINEL in text:
+        return None
+    depth = len(first.group(1))
+    opener = " " * depth + "- "
+    next_item = "\n" + opener
+    # A line starting at a column up to the items' own that opens no item (a comment too).
+    # (Searched for from the line break before it: a literal first character is a fast scan.)
+    breaker = re.compile(rf"\n(?!{opener}) {{0,{depth}}}[^ \n]")
+    out: list[str] = []
+    pieces: dict[str, str] = {}
+    kept = 0
+    run = piece = first.start()
+    # Each step looks at most PIECE_BYTES and an item ahead, so no search holds the GIL long.
+    while True:
+        ahead = text.find(next_item, piece + PIECE_BYTES - 1)
+        limit = len(text) if ahead == -1 else ahead + 1
+        stop = breaker.search(text, piece - 1, limit)
+        end = limit if stop is None else stop.start() + 1
+        if stop is None or piece != run:
+            # The run goes on past this piece, or was cut before: this piece is cut out too.
+            body = text[piece:end]
+            if any(c in body for c in _PIECE_UNSAFE):
+                return None
+            name = f"{_SENTINEL}{len(pieces)}"
+            pieces[name] = body
+            out += (text[kept:piece], opener, name, "\n")
+            kept = end
+        if stop is None and ahead != -1:
+            piece = limit
+            continue
+        following = -1 if stop is None else text.find(next_item, end)
+        if following == -1:
+            break
+        run = piece = following + 1
+    if not pieces:
+        return None
+    out.append(text[kept:])
+    return "".join(out), pieces
 
 
 def _safe(text: str) -> bool:
@@ -128,7 +201,9 @@ class _Walk:
     the larger part of the fast path's time (docs/design.md, "Footprint").
     """
 
-    def __init__(self, *, flow: bool) -> None:
+    def __init__(self, *, flow: bool, pieces: dict[str, str]) -> None:
+        #: Runs of device items cut out of the text, by the sentinel item left in each's place.
+        self.pieces = pieces
         #: libyaml (ruamel.yaml's parser) refuses `:`, `?` and `#` in a plain scalar
         #: inside a flow collection ({V: 12:30}); YAML 1.2 and yaml-rs allow them.
         self.flow = flow
@@ -202,8 +277,11 @@ class _Walk:
             # the whole document is one decref holding the GIL (a loop stall of ~5 ms
             # at 10 000 devices; docs/design.md, "Footprint").
             items[index] = None
+            if type(data) is not dict:
+                out.extend(self.piece(data))
+                continue
             # resourceName and instanceID, and env if present: anything else is an unknown key.
-            if type(data) is not dict or len(data) != 2 + ("env" in data):
+            if len(data) != 2 + ("env" in data):
                 raise _Doubt
             resource: Any = data.get("resourceName")
             if type(resource) is not str or resource not in counts:
@@ -262,6 +340,19 @@ class _Walk:
                 raise _Doubt
             out.append(device)
         return tuple(out)
+
+    def piece(self, sentinel: Any) -> tuple[Device, ...]:
+        """The devices of the piece cut out where ``sentinel`` stands (each piece once)."""
+        text = self.pieces.pop(sentinel, None) if type(sentinel) is str else None
+        if text is None:
+            raise _Doubt
+        try:
+            items = yaml_rs.loads(text)
+        except Exception:
+            raise _Doubt from None
+        if type(items) is not list:
+            raise _Doubt
+        return self.devices(items)
 
     def env_order(self, shape: tuple[str, ...]) -> tuple[str, ...]:
         """The sorted order of a set of env keys written in ``shape``'s order, each judged once."""

@@ -9,11 +9,15 @@ import msgspec
 from spookd.config.labels import LabelSelector
 from spookd.naming import seat_ids
 
+# The device structs are frozen and hold only strings, numbers and tuples of them, so
+# they can be in no reference cycle: the collector never tracks them (gc=False), which
+# keeps a 10 000-device configuration out of its passes (docs/design.md, "Footprint").
+
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 
 
-class HealthCheck(msgspec.Struct, frozen=True, order=True):
+class HealthCheck(msgspec.Struct, frozen=True, order=True, gc=False):
     """How to tell whether a device is usable: a TCP connect, or a path that must exist."""
 
     tcp: str | None = None
@@ -24,7 +28,7 @@ class HealthCheck(msgspec.Struct, frozen=True, order=True):
     success_threshold: int = 1
 
 
-class DeviceNode(msgspec.Struct, frozen=True, order=True):
+class DeviceNode(msgspec.Struct, frozen=True, order=True, gc=False):
     """A host device file handed to the container."""
 
     host_path: str
@@ -32,7 +36,7 @@ class DeviceNode(msgspec.Struct, frozen=True, order=True):
     permissions: str = "rw"
 
 
-class Mount(msgspec.Struct, frozen=True, order=True):
+class Mount(msgspec.Struct, frozen=True, order=True, gc=False):
     """A host path mounted into the container."""
 
     host_path: str
@@ -40,7 +44,7 @@ class Mount(msgspec.Struct, frozen=True, order=True):
     read_only: bool = False
 
 
-class Device(msgspec.Struct, frozen=True, order=True):
+class Device(msgspec.Struct, frozen=True, order=True, gc=False):
     """One virtual device: identified by (resource_name, instance_id)."""
 
     resource_name: str
