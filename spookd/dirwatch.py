@@ -10,6 +10,8 @@ directory that does not exist yet, inotify's limits used up).
 
 from __future__ import annotations
 
+import os
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,6 +34,10 @@ _CHANGES = (
     | Mask.ONLYDIR
 )
 _GONE = Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.IGNORED
+#: ``struct inotify_event`` without its name: wd, mask, cookie, the name's length.
+_EVENT = struct.Struct("iIII")
+#: Holds at least one event with the longest name (16 + NAME_MAX + 1 bytes).
+_READ_SIZE = 4096
 
 
 def file_identity(path: Path) -> FileIdentity | None:
@@ -41,6 +47,27 @@ def file_identity(path: Path) -> FileIdentity | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
+async def _masks(inotify: Inotify) -> int:
+    """Wait for events and return their masks, or-ed together.
+
+    The descriptor is read here rather than through ``Inotify.get``, which builds a
+    pathlib.Path of every event's file name. Python 3.11's pathlib interns each name,
+    and most names seen here are used once (the kubelet writes its checkpoint through
+    a ``.<random>`` temporary file in the plugin directory at every registration), so
+    each reload put ~10 new entries through the interpreter's interned-string table,
+    whose rebuild every few thousand reloads allocates ~1 MiB that the heap then
+    keeps (docs/design.md, "Footprint").
+    """
+    await anyio.wait_readable(inotify.fd)
+    data = os.read(inotify.fd, _READ_SIZE)
+    mask = offset = 0
+    while offset + _EVENT.size <= len(data):
+        _wd, event_mask, _cookie, length = _EVENT.unpack_from(data, offset)
+        mask |= event_mask
+        offset += _EVENT.size + length
+    return mask
 
 
 async def directory_changes(directory: Path, *, safety_poll: float, debounce: float) -> AsyncIterator[bool]:
@@ -89,15 +116,13 @@ async def directory_changes(directory: Path, *, safety_poll: float, debounce: fl
             while not gone:
                 changed = False
                 with anyio.move_on_after(safety_poll):
-                    event = await inotify.get()
+                    gone = bool(await _masks(inotify) & _GONE)
                     changed = True
-                    gone = bool(event.mask & _GONE)
                     # A burst (an editor's save, a symlink swap) ends when the
                     # directory has been quiet for ``debounce`` seconds.
                     while not gone:
                         with anyio.move_on_after(debounce) as quiet:
-                            event = await inotify.get()
-                            gone = bool(event.mask & _GONE)
+                            gone = bool(await _masks(inotify) & _GONE)
                         if quiet.cancelled_caught:
                             break
                 yield changed

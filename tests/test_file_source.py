@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import anyio
 import pytest
 
 from spookd.config.versions import Accepted, Deleted, Rejected, SourceEvent
+from spookd.dirwatch import directory_changes
 from spookd.sources.file import watch_file
 
 pytestmark = pytest.mark.anyio
@@ -131,3 +133,35 @@ async def test_unreadable_path_is_rejected_with_a_reason(config_dir: Path) -> No
     path.write_text(GOOD % "6")
     assert ids(await next_event(events)) == ["6"]
     await events.aclose()  # type: ignore[attr-defined]
+
+
+def _create(directory: str, name: str) -> None:
+    """A file made through os.path: the test's own pathlib paths would be interned too."""
+    with open(os.path.join(directory, name), "w") as handle:
+        handle.write("x")
+
+
+async def test_the_names_of_files_that_come_and_go_are_not_interned(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory: a watched directory's events are not built into paths, whose parts
+    Python 3.11's pathlib interns. The names are mostly used once (the kubelet's
+    ``.<random>`` checkpoint files), and each churned the interpreter's interned-string
+    table, whose ~1 MiB rebuild every few thousand reloads the heap kept."""
+    seen: list[str] = []
+    real = sys.intern
+
+    def recording(value: str) -> str:
+        seen.append(value)
+        return real(value)
+
+    changes = directory_changes(config_dir, safety_poll=5.0, debounce=0.01)
+    with anyio.fail_after(5):
+        assert await anext(changes) is True  # the watch stands
+        monkeypatch.setattr(sys, "intern", recording)
+        for n in range(5):
+            _create(str(config_dir), f".once{n}")
+        assert await anext(changes) is True
+    monkeypatch.undo()
+    await changes.aclose()  # type: ignore[attr-defined]
+    assert [name for name in seen if name.startswith(".once")] == []
