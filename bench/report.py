@@ -172,8 +172,8 @@ REMEDIES = {
         "interval is 1 ms while a parse runs, so the Python walk hands the GIL back to the loop within "
         "about 1 ms. What remains are single C calls of a few ms each: the text checks of `_safe` "
         "(`str.translate` over the whole text), decoding the bytes, and, on a loaded machine, the "
-        "loop's thread waiting for a core. A configuration that is not cut (flow style, anchors) "
-        "still stalls as yaml-rs alone does."
+        "loop's thread waiting for a core. A configuration that is not cut (device lists written as "
+        "flow collections, anchors) still stalls as yaml-rs alone does."
     ),
     "memory-configmap": (
         "**What is left, and what would close the gap.** Everything above the floor is Spookd's own "
