@@ -210,17 +210,17 @@ REMEDIES = {
     ),
     "growth": (
         "**Why, and what is left.** Not a leak of Spookd's objects: Python objects, pymalloc blocks and "
-        'arenas, live interned strings, threads and file descriptors are flat after the first ~2000 '
+        "arenas, live interned strings, threads and file descriptors are flat after the first ~2000 "
         "reloads. The steps came from CPython's interned-string table: Python 3.11's pathlib interns "
         "every part of every path, and asyncinotify built a `pathlib.Path` of each event's file name (the"
         " kubelet's `.<random>` checkpoint files, ~11 new names per reload), so the table (2^16 slots, "
-        '0.94 MiB) was rebuilt every ~2000 reloads and glibc kept each rebuilt copy on its heap. '
-        '`spookd/dirwatch.py` now reads the inotify masks from the descriptor without building paths; one'
+        "0.94 MiB) was rebuilt every ~2000 reloads and glibc kept each rebuilt copy on its heap. "
+        "`spookd/dirwatch.py` now reads the inotify masks from the descriptor without building paths; one"
         " new name per reload is left (a restarted server's socket name). Over 4000 reloads: +2.77 MiB "
-        'with a step before, +2.09 MiB and flat after reload 2250 with it. What remains is one doubling '
+        "with a step before, +2.09 MiB and flat after reload 2250 with it. What remains is one doubling "
         "of the table (2^15 to 2^16 slots, ~0.6 MiB) and the first reloads' warm-up (one more pymalloc "
         "arena); glibc's mmap threshold at 128 KiB (`MALLOC_MMAP_THRESHOLD_=131072`) measured +1.94 MiB "
-        'over 4000 reloads, but is not set.'
+        "over 4000 reloads, but is not set."
     ),
     "growth-refused": (
         "**Why, and what would close the gap.** The growth tracks the refused registrations (see "
