@@ -35,9 +35,9 @@ def big_config(devices: int, resources: int = 10) -> bytes:
 def _reference(data: bytes, source: str) -> object:
     """The parse before the fast path: ruamel.yaml and the validator, collector paused as Spookd does."""
     from spookd.config.load import load_reference
-    from spookd.sources.parsing import _collector_paused
+    from spookd.sources.parsing import _parse_settings
 
-    with _collector_paused():
+    with _parse_settings():
         return load_reference(data, source)
 
 
@@ -45,9 +45,9 @@ def _fast_parser_only(data: bytes, source: str) -> object:
     """The fast parser alone (yaml-rs), without the walk: its share of the parse."""
     import yaml_rs
 
-    from spookd.sources.parsing import _collector_paused
+    from spookd.sources.parsing import _parse_settings
 
-    with _collector_paused():
+    with _parse_settings():
         return yaml_rs.loads(data.decode())
 
 
@@ -59,9 +59,9 @@ def parse_times(
     ``cpu`` counts the parsing thread's CPU time instead of wall time: on a shared
     machine it is disturbed less by other work than the wall clock.
     """
-    from spookd.sources.parsing import load_without_collector
+    from spookd.sources.parsing import load_off_loop
 
-    run = load or load_without_collector
+    run = load or load_off_loop
     clock = time.thread_time if cpu else time.perf_counter
     times = []
     for _ in range(reps):
@@ -129,11 +129,11 @@ def loop_lag(
 
 def profile_top(data: bytes, lines: int = 8) -> str:
     """The functions with the most own time in one parse as Spookd runs it (cProfile)."""
-    from spookd.sources.parsing import load_without_collector
+    from spookd.sources.parsing import load_off_loop
 
     profiler = cProfile.Profile()
     profiler.enable()
-    load_without_collector(data, SOURCE)
+    load_off_loop(data, SOURCE)
     profiler.disable()
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime")

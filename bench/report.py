@@ -674,7 +674,7 @@ METHOD = """
   and updates another) and waits for each `config applied` log line before the next write, so every
   reload is applied. The ConfigMap figure subtracts the VmRSS of
   `python -c "import kubernetes_asyncio.client"`.
-- **parse + validate**: `spookd.sources.parsing.load_without_collector` (what both sources run: the
+- **parse + validate**: `spookd.sources.parsing.load_off_loop` (what both sources run: the
   fast path, else the ruamel.yaml reference) in-process on block-style YAML (10 resources, two env keys
   per device, ~114 bytes per device); beside it the reference alone (the figure before the fast path)
   and yaml-rs alone. The loop stall is the worst lateness of a 1 ms ticker on a uvloop event loop while

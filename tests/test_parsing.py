@@ -13,7 +13,7 @@ import pytest
 
 from spookd.config import ConfigInvalid
 from spookd.config.versions import Accepted, Rejected
-from spookd.sources.parsing import load_without_collector, parse
+from spookd.sources.parsing import load_off_loop, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
@@ -22,13 +22,13 @@ DATA = Path(__file__).parent / "data"
 def test_the_garbage_collector_is_back_after_every_parse_even_concurrent_ones() -> None:
     text = (DATA / "good" / "lab.yaml").read_bytes()
     before = gc.get_threshold()
-    threads = [threading.Thread(target=load_without_collector, args=(text, "t")) for _ in range(8)]
+    threads = [threading.Thread(target=load_off_loop, args=(text, "t")) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     with pytest.raises(ConfigInvalid):
-        load_without_collector(b"deviceMapping: 5\n", "bad")
+        load_off_loop(b"deviceMapping: 5\n", "bad")
     assert gc.get_threshold() == before
     assert gc.isenabled()
 
@@ -45,7 +45,7 @@ def test_no_full_collection_runs_during_a_parse_and_the_loop_gets_the_gil_back_s
 
     monkeypatch.setattr(parsing, "load_config", spy)
     before, interval = gc.get_threshold(), sys.getswitchinterval()
-    load_without_collector(b"", "x")
+    load_off_loop(b"", "x")
     assert (gc.get_threshold(), sys.getswitchinterval()) == (before, interval)
     assert seen == [((before[0], before[1], parsing._NEVER), parsing.PARSE_SWITCH_INTERVAL)]
     assert gc.isenabled()
@@ -61,7 +61,7 @@ def test_a_parsed_configuration_leaves_little_for_the_collector() -> None:
         lines += [f"        env: {{IP: 10.0.{i // 256}.{i % 256}, PORT: {8000 + i}}}"]
     text = ("\n".join(lines) + "\n").encode()
     gc.collect()
-    config = load_without_collector(text, "t")
+    config = load_off_loop(text, "t")
     devices = config.mappings[0].devices
     assert len(devices) == 6000
     assert not any(gc.is_tracked(device) for device in devices)

@@ -87,9 +87,10 @@ def load_fast(text: str) -> Config | None:
     if not _safe(text):
         return None
     cut = _cut(text) if len(text) >= PIECE_MIN_TEXT else None
-    walk = _Walk(flow="{" in text or "[" in text, pieces=cut[1] if cut else {})
+    outline, pieces = cut or (text, {})
+    walk = _Walk(flow="{" in text or "[" in text, pieces=pieces)
     try:
-        data = yaml_rs.loads(cut[0] if cut else text)
+        data = yaml_rs.loads(outline)
     except Exception:
         return None
     try:

@@ -21,15 +21,15 @@ from spookd.config.versions import Accepted, Rejected, SourceEvent
 async def parse(data: bytes, source: str) -> SourceEvent:
     """Validate ``data`` in a worker thread, keeping the event loop responsive."""
     try:
-        config = await anyio.to_thread.run_sync(load_without_collector, data, source)
+        config = await anyio.to_thread.run_sync(load_off_loop, data, source)
     except ConfigInvalid as exc:
         return Rejected(errors=exc.errors, source=source)
     return Accepted(config=config, source=source)
 
 
-def load_without_collector(data: bytes, source: str) -> Config:
-    """``load_config`` with the cyclic garbage collector's full passes paused around it."""
-    with _collector_paused():
+def load_off_loop(data: bytes, source: str) -> Config:
+    """``load_config`` in the calling (worker) thread, with the settings of ``_parse_settings``."""
+    with _parse_settings():
         return load_config(data, source)
 
 
@@ -44,8 +44,8 @@ _paused_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Keep the collector's full passes out of a parse.
+def _parse_settings() -> Iterator[None]:
+    """Keep the collector's full passes out of a parse, and hand the GIL back sooner.
 
     Composing a large document makes ~10 objects per device, all alive until the walk
     ends, so the full passes the allocations trigger find nothing to free and walk the
